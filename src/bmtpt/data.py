@@ -1,0 +1,145 @@
+"""Tokenise examples once, then cut padded batches from the cached token ids.
+
+Layouts (the prompt is prepended later, in `bmtpt.prompted`):
+- seq2seq: encoder `input_ids` right-padded; decoder `target_ids` right-padded.
+- causal:  one sequence `input + target`, *left*-padded, so every example's target ends at the
+  last position and the LM head is needed only on the last T + 1 positions (T = longest target).
+  Position ids are recomputed from the attention mask, so padding never shifts positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .tasks import Example
+
+
+@dataclass
+class Batch:
+    """A padded batch. `target_ids`/`target_mask` are (B, T); for causal models they are the last T
+    tokens of `input_ids` (right-aligned), for seq2seq models the decoder labels."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    target_ids: Tensor
+    target_mask: Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class Encoded:
+    """Token ids of a list of examples, computed once and reused by every step."""
+
+    inputs: list[list[int]]
+    targets: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` with the tokenizer's own special tokens (e.g. T5's </s>, Llama's <s>)."""
+    return list(tokenizer(text).input_ids)
+
+
+def encode_examples(tokenizer, examples: Sequence[Example], is_seq2seq: bool, max_input_tokens: int = 256,
+                    max_target_tokens: int = 32) -> Encoded:
+    """Tokenise inputs and targets; long inputs are truncated on the right (keeping their start)."""
+    inputs, targets = [], []
+    for ex in examples:
+        inputs.append(encode_text(tokenizer, ex.input)[:max_input_tokens])
+        targets.append(encode_target(tokenizer, ex.target, is_seq2seq)[:max_target_tokens])
+    return Encoded(inputs, targets)
+
+
+def encode_target(tokenizer, text: str, is_seq2seq: bool) -> list[int]:
+    """Target ids. Seq2seq tokenizers add </s> themselves; for causal LMs we tokenise ' ' + text without
+    special tokens and append EOS, so generation learns to stop."""
+    if is_seq2seq:
+        return encode_text(tokenizer, text)
+    ids = list(tokenizer(" " + text, add_special_tokens=False).input_ids)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def collate(inputs: Sequence[list[int]], targets: Sequence[list[int]], pad_id: int, is_seq2seq: bool) -> Batch:
+    """Pad a list of (input ids, target ids) pairs into a `Batch` in the backbone's layout."""
+    b = len(inputs)
+    t = max(len(x) for x in targets)
+    tgt = torch.full((b, t), pad_id, dtype=torch.long)
+    tmask = torch.zeros((b, t), dtype=torch.long)
+    if is_seq2seq:
+        n = max(len(x) for x in inputs)
+        ids = torch.full((b, n), pad_id, dtype=torch.long)
+        mask = torch.zeros((b, n), dtype=torch.long)
+        for i, (x, y) in enumerate(zip(inputs, targets)):
+            ids[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = 1
+            tgt[i, : len(y)] = torch.tensor(y)
+            tmask[i, : len(y)] = 1
+    else:
+        seqs = [list(x) + list(y) for x, y in zip(inputs, targets)]
+        n = max(len(s) for s in seqs)
+        ids = torch.full((b, n), pad_id, dtype=torch.long)
+        mask = torch.zeros((b, n), dtype=torch.long)
+        for i, (s, y) in enumerate(zip(seqs, targets)):
+            ids[i, n - len(s):] = torch.tensor(s)
+            mask[i, n - len(s):] = 1
+            tgt[i, t - len(y):] = torch.tensor(y)
+            tmask[i, t - len(y):] = 1
+    return Batch(ids, mask, tgt, tmask)
+
+
+def batch_of(enc: Encoded, indices: Sequence[int], pad_id: int, is_seq2seq: bool) -> Batch:
+    """The batch of the given example indices."""
+    return collate([enc.inputs[i] for i in indices], [enc.targets[i] for i in indices], pad_id, is_seq2seq)
+
+
+class EpochSampler:
+    """Endless shuffled index stream over one data set, reproducible from (seed, epoch, position).
+
+    The state is two integers, so a checkpoint can store and restore the data position exactly.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self.epoch, self.pos = 0, 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def take(self, k: int) -> list[int]:
+        """The next k indices (wrapping into a new shuffled epoch when needed)."""
+        out = []
+        while len(out) < k:
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._perm = self._permutation(self.epoch)
+            take = min(k - len(out), self.n - self.pos)
+            out.extend(self._perm[self.pos: self.pos + take])
+            self.pos += take
+        return out
+
+    def state_dict(self) -> dict:
+        """Epoch and position, enough to resume the stream."""
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the stream position saved by `state_dict`."""
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._perm = self._permutation(self.epoch)
+
+
+def chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
+    """Consecutive slices of at most `size` items."""
+    for i in range(0, len(seq), size):
+        yield seq[i: i + size]

@@ -1,0 +1,65 @@
+"""`bmtpt eval`: re-evaluate a saved run on a split and write the metrics next to it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .backbone import embedding_width, load_backbone
+from .config import EvalConfig
+from .errors import BmtptError
+from .prompted import PromptedModel
+from .prompts import atomic_write_json, load_posterior, load_prompt_tensor
+from .runs import check_data_dir, resolve_device
+from .target import score_of
+from .tasks import get_task
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BmtptError(f"{path} is not valid JSON: {e}") from e
+
+
+def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
+    """Metrics of the run's prompt on cfg.split: {task: {metric: value, 'score': mean}}.
+
+    A target run evaluates its prompt on its task; a source run evaluates the particles' mean prompt
+    on every source task. The result is also written to RUN_DIR/eval-SPLIT.json.
+    """
+    cfg.validate()
+    run = Path(cfg.run_dir).expanduser()
+    if not run.is_dir():
+        raise BmtptError(f"run folder {run} does not exist")
+    if (run / "target.json").is_file():
+        meta = _read_json(run / "target.json")
+        prompt = load_prompt_tensor(run / "prompt.safetensors")
+        task_names = [meta["task"]]
+    elif (run / "posterior.json").is_file():
+        particles, meta = load_posterior(run)
+        prompt = particles.mean(0)
+        task_names = list(meta["source_tasks"])
+    else:
+        raise BmtptError(f"{run} holds neither target.json nor posterior.json")
+    hp = meta.get("hyperparameters", {})
+    data_dir = cfg.data_dir if cfg.data_dir is not None else hp.get("data_dir")
+    check_data_dir(data_dir)
+    device = resolve_device(cfg.device)
+    if model is None:
+        model, tokenizer = load_backbone(cfg.model or meta["backbone"], cfg.trust_remote_code, device=device)
+    if embedding_width(model) != prompt.shape[-1]:
+        raise BmtptError(f"the run's prompt is {prompt.shape[-1]} wide but the backbone embeds in "
+                         f"{embedding_width(model)}")
+    pm = PromptedModel(model, tokenizer, cfg.precision, hp.get("max_input_tokens", 256))
+    results = {}
+    for name in task_names:
+        task = get_task(name)
+        examples = task.load(cfg.split, data_dir, hp.get("seed", 0))
+        if cfg.max_eval_examples:
+            examples = examples[: cfg.max_eval_examples]
+        m = pm.evaluate(prompt.to(pm.device), task, examples, cfg.eval_mode, cfg.eval_batch_size)
+        results[name] = {**m, "score": score_of(m), "examples": len(examples)}
+    atomic_write_json({"split": cfg.split, "eval_mode": cfg.eval_mode, "results": results},
+                      run / f"eval-{cfg.split}.json")
+    return results

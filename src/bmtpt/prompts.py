@@ -1,0 +1,139 @@
+"""Creating, saving and loading prompts and posteriors (safetensors + JSON; nothing is unpickled)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from . import __version__
+from .errors import BmtptError
+
+INIT_CHOICES = "vocab | uniform | text:SOME WORDS | file:PATH.safetensors"
+VOCAB_ROWS = 5000  # prompt-tuning convention: sample rows of the first 5,000 vocabulary embeddings
+
+
+def init_prompts(model, tokenizer, num: int, length: int, how: str = "vocab", seed: int = 0) -> Tensor:
+    """(num, length, d) float32 initial prompts.
+
+    `vocab`: rows drawn at random from the first 5,000 token embeddings (distinct per prompt);
+    `uniform`: U(-0.5, 0.5); `text:...`: the embeddings of the text's tokens, repeated to fill the
+    length; `file:PATH`: a saved prompt (l, d) or particles (M, l, d) file.
+    """
+    emb = model.get_input_embeddings().weight.detach().float().cpu()
+    d = emb.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    if how == "vocab":
+        rows = min(VOCAB_ROWS, emb.shape[0])
+        idx = torch.stack([torch.randint(0, rows, (length,), generator=g) for _ in range(num)])
+        return emb[idx].clone()
+    if how == "uniform":
+        return torch.rand(num, length, d, generator=g) - 0.5
+    if how.startswith("text:"):
+        ids = tokenizer(how[5:], add_special_tokens=False).input_ids
+        if not ids:
+            raise BmtptError("prompt init text tokenises to nothing")
+        ids = (ids * (length // len(ids) + 1))[:length]
+        return emb[torch.tensor(ids)].unsqueeze(0).repeat(num, 1, 1).clone()
+    if how.startswith("file:"):
+        t = load_prompt_tensor(how[5:])
+        t = t.unsqueeze(0) if t.dim() == 2 else t
+        if t.shape[1:] != (length, d):
+            raise BmtptError(f"prompt file {how[5:]} holds shape {tuple(t.shape[1:])}, expected ({length}, {d})")
+        if t.shape[0] not in (1, num):
+            raise BmtptError(f"prompt file {how[5:]} holds {t.shape[0]} prompts, expected 1 or {num}")
+        return t.expand(num, -1, -1).clone().float()
+    raise BmtptError(f"unknown prompt init {how!r} (choose {INIT_CHOICES})")
+
+
+def atomic_save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict | None = None) -> None:
+    """Write a safetensors file atomically: a temporary file in the same folder, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_json(obj, path: str | Path) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_tensors(path: str | Path) -> dict[str, Tensor]:
+    """Read a safetensors file; a missing, truncated or corrupted file raises BmtptError."""
+    path = Path(path)
+    if not path.is_file():
+        raise BmtptError(f"file {path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise BmtptError(f"{path} is not a readable safetensors file (truncated or corrupted?): {e}") from e
+
+
+def load_prompt_tensor(path: str | Path) -> Tensor:
+    """The prompt tensor of a file written by bmtpt (`prompt` or `particles` key) or by PEFT
+    (`prompt_embeddings`)."""
+    t = load_tensors(path)
+    for key in ("prompt", "particles", "prompt_embeddings"):
+        if key in t:
+            return t[key].float()
+    raise BmtptError(f"{path} holds no prompt tensor (keys: {', '.join(t) or 'none'})")
+
+
+POSTERIOR_KEYS = ("format", "library_version", "backbone", "prompt_length", "embed_dim", "num_particles",
+                  "source_tasks", "bandwidth", "method")
+POSTERIOR_FORMAT = 1
+
+
+def save_posterior(out: str | Path, particles: Tensor, info: dict) -> None:
+    """Write `particles.safetensors` ((M, l, d) under key `particles`) and `posterior.json`."""
+    out = Path(out)
+    meta = {"format": POSTERIOR_FORMAT, "library_version": __version__, **info,
+            "num_particles": particles.shape[0], "prompt_length": particles.shape[1], "embed_dim": particles.shape[2]}
+    atomic_save_tensors({"particles": particles.float()}, out / "particles.safetensors")
+    atomic_write_json(meta, out / "posterior.json")
+
+
+def load_posterior(folder: str | Path) -> tuple[Tensor, dict]:
+    """Read a posterior folder and check it is complete and consistent."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BmtptError(f"posterior folder {folder} does not exist")
+    meta_path = folder / "posterior.json"
+    if not meta_path.is_file():
+        raise BmtptError(f"{folder} holds no posterior.json (is it the output folder of `bmtpt source`?)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise BmtptError(f"{meta_path} is not valid JSON: {e}") from e
+    missing = [k for k in POSTERIOR_KEYS if k not in meta]
+    if missing:
+        raise BmtptError(f"{meta_path} lacks key(s): {', '.join(missing)}")
+    if meta["format"] != POSTERIOR_FORMAT:
+        raise BmtptError(f"{meta_path} has format {meta['format']}; this bmtpt ({__version__}) reads format "
+                         f"{POSTERIOR_FORMAT}")
+    particles = load_tensors(folder / "particles.safetensors").get("particles")
+    if particles is None:
+        raise BmtptError(f"{folder / 'particles.safetensors'} holds no 'particles' tensor")
+    expect = (meta["num_particles"], meta["prompt_length"], meta["embed_dim"])
+    if tuple(particles.shape) != tuple(expect):
+        raise BmtptError(f"particles have shape {tuple(particles.shape)} but posterior.json says {expect}")
+    if not torch.isfinite(particles).all():
+        raise BmtptError(f"{folder / 'particles.safetensors'} holds non-finite values")
+    return particles.float(), meta

@@ -1,0 +1,198 @@
+"""Source stage: M prompt particles approximate the global posterior p(theta | all source tasks) by SVGD.
+
+    log p(theta | sources) = log p(theta) + sum_k c_k * (-mean token NLL of task k's minibatch)
+
+c_k comes from --likelihood-scale: 1 ('mean', a tempered posterior: every task weighs the same and
+SVGD's repulsion stays comparable to the drive), N_k ('dataset', the exact posterior: the drive grows
+with N and the particles become near-independent MAP runs), or a given number. --mixing only decides
+how many of each task's examples a step sees, not the objective's task weights.
+
+Each step: one batched forward/backward over (particle, example) rows gives every particle's score
+s_m = grad log p(theta_m | sources); `bmtpt.svgd` turns the scores into phi; the optimiser takes
+-phi as the gradient (phi is an ascent direction).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import __version__
+from .backbone import load_backbone
+from .config import SourceConfig, parse_likelihood_scale
+from .data import EpochSampler, collate, encode_examples
+from .errors import BmtptError
+from .prompted import PromptedModel, mean_loss_by_group
+from .prompts import init_prompts, save_posterior
+from .runs import (
+    JsonlLog,
+    check_data_dir,
+    load_split,
+    make_optimizer,
+    prepare_run_dir,
+    resolve_device,
+    save_config,
+    seed_everything,
+)
+from .svgd import mean_pairwise_distance, median_bandwidth, pairwise_sq_dists, svgd_terms
+from .tasks import parse_task_list
+
+
+@dataclass
+class SourceResult:
+    """What `run_source` returns: the final particles, the posterior metadata and the run folder."""
+
+    particles: Tensor
+    info: dict
+    out: Path
+
+
+def mixing_sizes(sizes: list[int], batch: int, mixing: str, temperature: float = 2.0) -> list[int]:
+    """Examples per task in a batch of `batch`: proportional to N_k, N_k^(1/T) or equal; at least 1 each."""
+    if mixing == "equal":
+        w = [1.0] * len(sizes)
+    elif mixing == "proportional":
+        w = [float(n) for n in sizes]
+    elif mixing == "temperature":
+        w = [n ** (1.0 / temperature) for n in sizes]
+    else:
+        raise BmtptError(f"unknown mixing {mixing!r}")
+    raw = [batch * x / sum(w) for x in w]
+    out = [max(1, math.floor(r)) for r in raw]
+    # hand out the remainder by largest fractional part, so the total is exactly `batch` when possible
+    for i in sorted(range(len(raw)), key=lambda i: raw[i] - math.floor(raw[i]), reverse=True):
+        if sum(out) >= batch:
+            break
+        out[i] += 1
+    return out
+
+
+def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor, num_tasks: int,
+                    weights: Tensor, prior_std: float | None, independent: bool = False,
+                    chunk: int | None = None) -> tuple[Tensor, Tensor]:
+    """Scores grad log p(theta_m | sources), (M, l, d), and per-particle per-task mean losses, (M, K).
+
+    svgd: every particle sees every example (M*B rows). independent: particle k sees only the rows of
+    task k (B rows). `chunk` caps the particles per forward pass; gradients accumulate across chunks.
+    """
+    m = particles.shape[0]
+    leaf = particles.detach().requires_grad_(True)
+    losses = torch.zeros(m, num_tasks)
+    chunk = chunk or m
+    for a in range(0, m, chunk):
+        b = min(m, a + chunk)
+        if independent:
+            rows = (groups >= a) & (groups < b)
+            sub = _select(batch, rows)
+            nll, ntok = pm.example_nll(leaf[a:b], sub, prompt_index=groups[rows] - a)
+            task_loss = mean_loss_by_group(nll, ntok, groups[rows] - a, b - a)  # (b-a,)
+            per = torch.zeros(b - a, num_tasks, device=task_loss.device)
+            per[torch.arange(b - a), torch.arange(a, b)] = task_loss
+        else:
+            nll, ntok = pm.example_nll(leaf[a:b], batch)  # rows particle-major: (b-a) * B
+            g = (torch.arange(b - a, device=groups.device).repeat_interleave(len(groups)) * num_tasks
+                 + groups.repeat(b - a))
+            per = mean_loss_by_group(nll, ntok, g, (b - a) * num_tasks).view(b - a, num_tasks)
+        log_lik = -(per * weights.to(per.device)).sum(-1)  # (b-a,)
+        log_post = log_lik.sum()
+        if prior_std is not None:
+            log_post = log_post - (leaf[a:b].float() ** 2).sum() / (2 * prior_std**2)
+        (-log_post).backward()
+        losses[a:b] = per.detach().float().cpu()
+    return -leaf.grad.detach(), losses
+
+
+def _select(batch, rows: Tensor):
+    from .data import Batch
+
+    return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.target_ids[rows], batch.target_mask[rows])
+
+
+def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
+    """Train M particles on the source tasks and write particles.safetensors + posterior.json to cfg.out.
+
+    Pass `model`/`tokenizer` to reuse an already loaded backbone (cfg.model then only names it).
+    """
+    cfg.validate()
+    tasks = parse_task_list(cfg.tasks)
+    check_data_dir(cfg.data_dir)
+    scale = parse_likelihood_scale(cfg.likelihood_scale)
+    independent = cfg.method == "independent"
+    if independent and cfg.particles != len(tasks):
+        raise BmtptError(f"--method independent trains one prompt per task: --particles must be {len(tasks)}")
+    device = resolve_device(cfg.device)
+    out = prepare_run_dir(cfg)
+    save_config(out, "source", cfg)
+    seed_everything(cfg.seed)
+    if model is None:
+        model, tokenizer = load_backbone(cfg.model, cfg.trust_remote_code, device=device)
+    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens)
+
+    encoded, samplers = [], []
+    for k, task in enumerate(tasks):  # tokenise each data set once; steps only cut batches from the ids
+        examples = load_split(task, "train", cfg, cfg.max_train_examples)
+        encoded.append(encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens,
+                                       cfg.max_target_tokens))
+        samplers.append(EpochSampler(len(examples), cfg.seed * 1000 + k))
+    sizes = [len(e) for e in encoded]
+    per_task = mixing_sizes(sizes, cfg.batch_size, cfg.mixing, cfg.mixing_temperature)
+    weights = torch.tensor([float(n) if scale == "dataset" else (1.0 if scale == "mean" else scale) for n in sizes])
+
+    particles = init_prompts(model, tokenizer, cfg.particles, cfg.prompt_length, cfg.init, cfg.seed).to(device)
+    particles = torch.nn.Parameter(particles)
+    opt = make_optimizer([{"params": [particles], "lr": cfg.lr}], cfg.optimizer, cfg.weight_decay)
+    log = JsonlLog(out / "metrics.jsonl")
+    groups = torch.tensor([k for k, n in enumerate(per_task) for _ in range(n)], device=device)
+    names = [t.name for t in tasks]
+    bandwidth = cfg.bandwidth or 1.0
+    rows_per_step = len(groups) * (1 if independent else cfg.particles)
+
+    bar = tqdm(range(1, cfg.steps + 1), desc=f"source ({cfg.method}, M={cfg.particles})", disable=not cfg.progress)
+    for step in bar:
+        ins, tgts = [], []
+        for k, n in enumerate(per_task):
+            for i in samplers[k].take(n):
+                ins.append(encoded[k].inputs[i])
+                tgts.append(encoded[k].targets[i])
+        batch = collate(ins, tgts, pm.pad_id, pm.is_seq2seq)
+        scores, losses = particle_scores(pm, particles, batch, groups, len(tasks), weights, cfg.prior_std,
+                                         independent, cfg.particle_chunk)
+        if not torch.isfinite(losses).all() or not torch.isfinite(scores).all():
+            bad = [names[k] for k in range(len(tasks)) if not torch.isfinite(losses[:, k]).all()]
+            raise BmtptError(f"loss became non-finite at step {step} on task {', '.join(bad) or '?'}; "
+                             f"results in {out} are from before this step (try a lower --lr)")
+        if independent:
+            phi, record = scores, {}
+        else:
+            terms = svgd_terms(particles.detach(), scores, cfg.bandwidth)
+            phi, bandwidth = terms.direction, terms.bandwidth
+            record = {"bandwidth": bandwidth, "mean_distance": mean_pairwise_distance(terms.sq_dists),
+                      "drive_norm": _mean_norm(terms.drive), "repulse_norm": _mean_norm(terms.repulse)}
+        particles.grad = -phi.to(particles.dtype)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        mean_loss = losses.mean().item() if not independent else losses.sum(1).mean().item()
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            task_loss = losses.mean(0) if not independent else losses.sum(0)
+            log.write(step=step, loss=mean_loss, **{f"loss/{n}": float(v) for n, v in zip(names, task_loss)},
+                      particle_loss=[round(float(x), 6) for x in losses.sum(1)], **record)
+
+    info = {"backbone": cfg.model, "source_tasks": names, "method": cfg.method, "bandwidth": bandwidth,
+            "library_version": __version__, "steps": cfg.steps, "batch_per_task": per_task,
+            "train_sizes": sizes, "compute": {"example_passes": rows_per_step * cfg.steps},
+            "hyperparameters": cfg.to_dict()}
+    final = particles.detach().float().cpu()
+    # The prior of the target stage uses the kernel width of the *final* particles.
+    info["bandwidth"] = cfg.bandwidth or median_bandwidth(pairwise_sq_dists(final))
+    save_posterior(out, final, info)
+    return SourceResult(final, info, out)
+
+
+def _mean_norm(x: Tensor) -> float:
+    return x.reshape(x.shape[0], -1).float().norm(dim=1).mean().item()
