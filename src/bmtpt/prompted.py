@@ -34,6 +34,7 @@ class PromptedModel:
 
     def __init__(self, model, tokenizer, precision: str = "fp32", max_input_tokens: int = 256):
         self.model, self.tokenizer = model, tokenizer
+        model.requires_grad_(False)  # a model passed in directly (not via load_backbone) must stay frozen too
         self.is_seq2seq = is_seq2seq_config(model.config)
         self.precision = precision
         self.max_input_tokens = max_input_tokens

@@ -64,6 +64,11 @@ def mixing_sizes(sizes: list[int], batch: int, mixing: str, temperature: float =
         raise BmtptError(f"unknown mixing {mixing!r}")
     raw = [batch * x / sum(w) for x in w]
     out = [max(1, math.floor(r)) for r in raw]
+    # raising tiny shares to 1 can overshoot: take the excess back from the shares above 1 that exceed
+    # their raw share the most
+    while sum(out) > batch and max(out) > 1:
+        i = max((i for i in range(len(out)) if out[i] > 1), key=lambda i: out[i] - raw[i])
+        out[i] -= 1
     # hand out the remainder by largest fractional part, so the total is exactly `batch` when possible
     for i in sorted(range(len(raw)), key=lambda i: raw[i] - math.floor(raw[i]), reverse=True):
         if sum(out) >= batch:

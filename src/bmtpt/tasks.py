@@ -79,7 +79,7 @@ class Task:
 
 
 _REGISTRY: dict[str, Task] = {}
-_LAZY_MODULES = ("bmtpt.synth",)  # modules that register tasks when imported
+_LAZY_MODULES = ("bmtpt.synth", "bmtpt.suites")  # modules that register tasks when imported
 
 
 def register(task: Task) -> Task:

@@ -1,0 +1,137 @@
+"""The train/dev/test convention of ATTEMPT and MPT, and training-set sub-sampling.
+
+The benchmarks' test labels are hidden, so the literature carves dev and test out of the public
+splits (all shuffles use the fixed seed 42, independent of the run's seed):
+
+- small sets (RTE, MRPC, CoLA, STS-B, WNLI, CB, COPA, MultiRC, WiC, WSC, BoolQ, SciTail): train is the
+  original train; the original validation set is shuffled and halved, first half dev, second half test;
+- large sets (QQP, QNLI, SST-2, SQuAD, ReCoRD, Yelp, WinoGrande, PAWS, MRQA): 1,000 shuffled training
+  examples are dev, the remaining (shuffled) ones train, and the original validation set is test;
+- MNLI: dev is validation-mismatched, test is validation-matched.
+
+The permutation is `torch.randperm` with a generator seeded 42, as in ATTEMPT's code, so the splits
+are the published ones example for example. `subsample` and `few_shot` are where a run's own seed
+comes in (cap on training examples, k-shot training sets).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from ..tasks import Example
+
+T = TypeVar("T")
+SPLIT_SEED = 42
+LARGE_DEV_SIZE = 1000
+
+# fetch(original split) -> examples; original splits are "train", "validation" and, for MNLI,
+# "validation_matched" / "validation_mismatched".
+Fetch = Callable[[str], list[Example]]
+
+
+def shuffled(items: Sequence[T], seed: int = SPLIT_SEED) -> list[T]:
+    """`items` in the order of `torch.randperm(len(items))` under a generator seeded `seed`."""
+    import torch  # lazy: listing tasks should not pay for importing torch
+
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return [items[i] for i in torch.randperm(len(items), generator=gen).tolist()]
+
+
+def halve(items: Sequence[Example], key: Callable[[Example], Hashable] | None = None
+          ) -> tuple[list[Example], list[Example]]:
+    """Shuffle (seed 42) and cut in half: (first half, second half), the first half being the smaller.
+
+    With `key`, whole groups are shuffled and cut (MultiRC: a question's answers stay together), and
+    each half keeps its groups' examples in shuffled-group order.
+    """
+    if key is None:
+        order = shuffled(items)
+        return order[: len(order) // 2], order[len(order) // 2:]
+    groups: dict[Hashable, list[Example]] = defaultdict(list)
+    for ex in items:
+        groups[key(ex)].append(ex)  # dicts keep first-seen order, so the shuffle is reproducible
+    order = shuffled(list(groups))
+    cut = len(order) // 2
+    return ([ex for g in order[:cut] for ex in groups[g]], [ex for g in order[cut:] for ex in groups[g]])
+
+
+def small_split(split: str, fetch: Fetch, key: Callable[[Example], Hashable] | None = None) -> list[Example]:
+    """Small-set convention: original train; dev/test = halves of the shuffled original validation set."""
+    if split == "train":
+        return fetch("train")
+    dev, test = halve(fetch("validation"), key)
+    return dev if split == "dev" else test
+
+
+def large_split(split: str, fetch: Fetch, dev_size: int | None = None) -> list[Example]:
+    """Large-set convention: dev = first 1,000 shuffled training examples, train = the rest (shuffled),
+    test = the original validation set."""
+    if split == "test":
+        return fetch("validation")
+    n = LARGE_DEV_SIZE if dev_size is None else dev_size
+    order = shuffled(fetch("train"))
+    return order[:n] if split == "dev" else order[n:]
+
+
+def mnli_split(split: str, fetch: Fetch) -> list[Example]:
+    """MNLI: original train; dev = validation-mismatched; test = validation-matched."""
+    return fetch({"train": "train", "dev": "validation_mismatched", "test": "validation_matched"}[split])
+
+
+def make_loader(local: Callable[[Path, str], list[Example]], hub: Fetch, convention: str,
+                key: Callable[[Example], Hashable] | None = None
+                ) -> Callable[[str, str | None, int], list[Example]]:
+    """A `Task.loader`: `local(data_dir, original split)` when a data dir is given, else
+    `hub(original split)`, cut by `convention` ('small', 'large' or 'mnli').
+
+    The loader's `seed` is not used: the split shuffle is fixed at 42; pass the run's seed to
+    `subsample` / `few_shot` on the training split instead.
+    """
+    if convention not in ("small", "large", "mnli"):
+        raise ValueError(f"unknown split convention {convention!r}")
+
+    def loader(split: str, data_dir: str | None, seed: int = 0) -> list[Example]:
+        def fetch(orig: str) -> list[Example]:
+            return local(Path(data_dir).expanduser(), orig) if data_dir else hub(orig)
+
+        if convention == "small":
+            return small_split(split, fetch, key)
+        if convention == "large":
+            return large_split(split, fetch)
+        return mnli_split(split, fetch)
+
+    return loader
+
+
+# --- the run's own sub-sampling -----------------------------------------------------------------------
+
+def subsample(examples: Sequence[T], n: int | None, seed: int) -> list[T]:
+    """At most `n` examples drawn without replacement with `seed` (all of them, in order, if n is None or
+    at least len(examples)); the `max_train_examples` cap."""
+    if n is None or n >= len(examples):
+        return list(examples)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return random.Random(seed).sample(list(examples), n)
+
+
+def few_shot(examples: Sequence[Example], k: int, seed: int, per_label: bool = False) -> list[Example]:
+    """A k-shot training set: k examples of the task drawn with `seed` (MPT's few-shot setting), or, with
+    `per_label`, k examples of each target (LM-BFF's k per class; a class with fewer keeps them all)."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if not per_label:
+        return subsample(examples, k, seed)
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_label[ex.target].append(ex)
+    rng = random.Random(seed)
+    picked = [ex for label in sorted(by_label)
+              for ex in rng.sample(by_label[label], min(k, len(by_label[label])))]
+    rng.shuffle(picked)  # don't hand a trainer all of one class first
+    return picked

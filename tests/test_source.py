@@ -1,0 +1,191 @@
+"""Source stage: batch mixing, particle scores against one-particle-at-a-time autograd, an end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bmtpt import __version__
+from bmtpt.config import SourceConfig
+from bmtpt.data import collate, encode_examples
+from bmtpt.errors import BmtptError
+from bmtpt.prompted import PromptedModel
+from bmtpt.prompts import init_prompts
+from bmtpt.runs import load_split
+from bmtpt.source import mixing_sizes, particle_scores, run_source
+from bmtpt.tasks import get_task
+
+TASKS = ["synth-sentiment", "synth-animal", "synth-past"]
+
+
+# ----------------------------------------------------------------------------- mixing
+@pytest.mark.parametrize("sizes, batch, mixing, want", [
+    ([100, 300], 8, "proportional", [2, 6]),
+    ([1, 10_000], 10, "proportional", [1, 9]),  # the small task still gets one example
+    ([1, 1, 1000], 6, "proportional", [1, 1, 4]),  # the minimum of one must not push the total past 6
+    ([5, 1000, 7], 9, "equal", [3, 3, 3]),
+    ([100, 400], 9, "temperature", [3, 6]),  # sqrt: 10 : 20
+    ([1, 10_000], 10, "temperature", [1, 9]),  # 1 : 100 -> 0.099 : 9.9
+])
+def test_mixing_sizes_by_hand(sizes, batch, mixing, want):
+    got = mixing_sizes(sizes, batch, mixing, temperature=2.0)
+    assert got == want and sum(got) == batch
+
+
+@pytest.mark.parametrize("mixing", ["proportional", "equal", "temperature"])
+@pytest.mark.parametrize("sizes", [[1, 1, 1], [3, 50, 7, 1000], [10, 10, 10, 10, 9], [2, 2]])
+@pytest.mark.parametrize("batch", [5, 8, 13, 32])
+def test_mixing_sizes_sum_to_the_batch_with_at_least_one_each(sizes, batch, mixing):
+    got = mixing_sizes(sizes, batch, mixing, temperature=3.0)
+    assert len(got) == len(sizes) and min(got) >= 1
+    assert sum(got) == max(batch, len(sizes))
+    if mixing == "equal":
+        assert max(got) - min(got) <= 1
+
+
+def test_mixing_sizes_unknown_mode_raises():
+    with pytest.raises(BmtptError):
+        mixing_sizes([1, 2], 4, "random")
+
+
+# ----------------------------------------------------------------------------- scores
+def _task_batches(arch, tok, counts):
+    """Examples of TASKS[k] (counts[k] of them) as id lists, the collated batch and the group ids."""
+    is_s2s = arch == "t5"
+    per_task = [encode_examples(tok, get_task(n).load("train")[: c], is_s2s) for n, c in zip(TASKS, counts)]
+    inputs = [x for e in per_task for x in e.inputs]
+    targets = [y for e in per_task for y in e.targets]
+    groups = torch.tensor([k for k, c in enumerate(counts) for _ in range(c)])
+    return per_task, collate(inputs, targets, tok.pad_token_id, is_s2s), groups
+
+
+def _score_by_hand(pm, theta, per_task, weights, prior_std, tasks):
+    """grad log p(theta | sources) for ONE prompt: each task's rows on their own, summed with the weights."""
+    theta = theta.detach().clone().requires_grad_(True)
+    log_post, losses = 0.0, []
+    for k in tasks:
+        e = per_task[k]
+        nll, ntok = pm.example_nll(theta[None], collate(e.inputs, e.targets, pm.pad_id, pm.is_seq2seq))
+        loss = nll.sum() / ntok.sum()
+        losses.append(loss.item())
+        log_post = log_post - weights[k] * loss
+    if prior_std is not None:
+        log_post = log_post - (theta**2).sum() / (2 * prior_std**2)
+    (grad,) = torch.autograd.grad(log_post, theta)
+    return grad, losses
+
+
+@pytest.mark.parametrize("prior_std", [None, 2.0])
+def test_svgd_scores_equal_per_particle_autograd(tiny, prior_std):
+    arch, model, tok = tiny
+    pm = PromptedModel(model, tok)
+    per_task, batch, groups = _task_batches(arch, tok, [2, 3, 1])
+    weights = torch.tensor([1.0, 2.5, 0.5])
+    parts = 0.5 * torch.randn(4, 3, 32, generator=torch.Generator().manual_seed(0))
+    scores, losses = particle_scores(pm, parts, batch, groups, 3, weights, prior_std)
+    assert scores.shape == parts.shape and losses.shape == (4, 3)
+    for m in range(4):
+        grad, task_losses = _score_by_hand(pm, parts[m], per_task, weights.tolist(), prior_std, range(3))
+        torch.testing.assert_close(scores[m], grad, atol=1e-5, rtol=1e-4)
+        assert losses[m].tolist() == pytest.approx(task_losses, rel=1e-5)
+    chunked, chunk_losses = particle_scores(pm, parts, batch, groups, 3, weights, prior_std, chunk=1)
+    torch.testing.assert_close(chunked, scores, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(chunk_losses, losses, atol=1e-6, rtol=1e-5)
+
+
+def test_independent_scores_see_only_their_own_task(tiny):
+    arch, model, tok = tiny
+    pm = PromptedModel(model, tok)
+    per_task, batch, groups = _task_batches(arch, tok, [2, 3, 2])
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    parts = 0.5 * torch.randn(3, 3, 32, generator=torch.Generator().manual_seed(1))
+    scores, losses = particle_scores(pm, parts, batch, groups, 3, weights, 1.5, independent=True)
+    for k in range(3):
+        grad, (loss,) = _score_by_hand(pm, parts[k], per_task, weights.tolist(), 1.5, [k])
+        torch.testing.assert_close(scores[k], grad, atol=1e-5, rtol=1e-4)
+        assert losses[k, k].item() == pytest.approx(loss, rel=1e-5)
+        assert [losses[k, j].item() for j in range(3) if j != k] == [0.0, 0.0]
+    chunked, _ = particle_scores(pm, parts, batch, groups, 3, weights, 1.5, independent=True, chunk=1)
+    torch.testing.assert_close(chunked, scores, atol=1e-6, rtol=1e-5)
+    # replace task 0's rows by other sentences: only particle 0 moves differently
+    other = encode_examples(tok, get_task(TASKS[0]).load("dev")[:2], arch == "t5")
+    ins = other.inputs + [x for e in per_task[1:] for x in e.inputs]
+    tgts = other.targets + [y for e in per_task[1:] for y in e.targets]
+    changed, _ = particle_scores(pm, parts, collate(ins, tgts, tok.pad_token_id, arch == "t5"), groups, 3,
+                                 weights, 1.5, independent=True)
+    torch.testing.assert_close(changed[1:], scores[1:], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(changed[0], scores[0], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- end to end
+def _median_h(parts: torch.Tensor) -> float:
+    flat = parts.reshape(parts.shape[0], -1).double().numpy()
+    m = flat.shape[0]
+    sq = [((flat[i] - flat[j]) ** 2).sum() for i in range(m) for j in range(i + 1, m)]
+    return float(np.median(sq)) / math.log(m + 1)
+
+
+def _phi_by_hand(x: torch.Tensor, s: torch.Tensor, h: float) -> torch.Tensor:
+    m = x.shape[0]
+    out = torch.zeros_like(x, dtype=torch.float64)
+    for i in range(m):
+        for j in range(m):
+            diff = (x[j] - x[i]).double()
+            k = math.exp(-(diff**2).sum().item() / h)
+            out[i] += k * s[j].double() - 2.0 / h * diff * k
+    return out / m
+
+
+def test_run_source_writes_the_posterior_and_logs(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    cfg = SourceConfig(model="tiny-llama", out=str(tmp_path / "src"), tasks=",".join(TASKS), particles=3, steps=3,
+                       batch_size=6, prompt_length=4, max_train_examples=24, log_every=1, progress=False,
+                       device="cpu")
+    res = run_source(cfg, model, tok)
+    out = tmp_path / "src"
+    parts = load_file(str(out / "particles.safetensors"))["particles"]
+    assert parts.shape == (3, 4, 32) and torch.equal(parts, res.particles)
+    meta = json.loads((out / "posterior.json").read_text())
+    for key in ("backbone", "prompt_length", "embed_dim", "source_tasks", "hyperparameters", "bandwidth",
+                "library_version", "num_particles", "method"):
+        assert key in meta, key
+    shape = (meta["num_particles"], meta["prompt_length"], meta["embed_dim"])
+    assert meta["backbone"] == "tiny-llama" and shape == (3, 4, 32)
+    assert meta["source_tasks"] == TASKS and meta["library_version"] == __version__
+    assert meta["hyperparameters"]["particles"] == 3 and meta["hyperparameters"]["steps"] == 3
+    assert meta["bandwidth"] == pytest.approx(_median_h(parts), rel=1e-6)  # of the final particles
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert r["bandwidth"] > 0 and r["mean_distance"] > 0 and r["drive_norm"] > 0 and r["repulse_norm"] > 0
+        assert all(r[f"loss/{t}"] > 0 for t in TASKS)
+        assert len(r["particle_loss"]) == 3 and all(x > 0 for x in r["particle_loss"])
+        assert r["loss"] == pytest.approx(np.mean([r[f"loss/{t}"] for t in TASKS]), rel=1e-5)
+    assert (out / "config.yaml").is_file()
+
+
+def test_one_sgd_step_moves_the_particles_along_phi(tmp_path, tiny_t5):
+    """With every example in the batch, one SGD step is theta + lr * phi(theta), phi built by hand."""
+    model, tok = tiny_t5
+    cfg = SourceConfig(model="tiny-t5", out=str(tmp_path / "src"), tasks=",".join(TASKS), particles=3, steps=1,
+                       batch_size=6, prompt_length=2, max_train_examples=2, optimizer="sgd", weight_decay=0.0,
+                       lr=0.5, prior_std=3.0, progress=False, device="cpu")
+    res = run_source(cfg, model, tok)
+    pm = PromptedModel(model, tok)
+    theta0 = init_prompts(model, tok, 3, 2, "vocab", seed=0)
+    per_task = [encode_examples(tok, load_split(get_task(n), "train", cfg, 2), True) for n in TASKS]
+    scores = torch.stack([_score_by_hand(pm, theta0[m], per_task, [1.0] * 3, 3.0, range(3))[0] for m in range(3)])
+    want = theta0.double() + 0.5 * _phi_by_hand(theta0, scores, _median_h(theta0))
+    torch.testing.assert_close(res.particles.double(), want, atol=1e-5, rtol=1e-4)
+
+
+def test_independent_needs_one_particle_per_task(tmp_path, tiny_llama):
+    cfg = SourceConfig(model="x", out=str(tmp_path / "ind"), tasks=",".join(TASKS), particles=2, steps=1,
+                       method="independent", progress=False, device="cpu")
+    with pytest.raises(BmtptError, match="--particles must be 3"):
+        run_source(cfg, *tiny_llama)

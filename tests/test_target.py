@@ -1,0 +1,170 @@
+"""Target stage: the prior term by hand, the rank-one factor, lambda = 0, init choices and a source -> target run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from scipy.special import logsumexp
+
+from bmtpt.backbone import backbone_grads
+from bmtpt.config import SourceConfig, TargetConfig
+from bmtpt.data import collate, encode_examples
+from bmtpt.errors import BmtptError
+from bmtpt.prompted import PromptedModel
+from bmtpt.prompts import save_posterior
+from bmtpt.runs import load_split
+from bmtpt.source import run_source
+from bmtpt.target import PriorTerm, effective_prompt, initial_prompt, run_target
+from bmtpt.tasks import Example, get_task
+
+
+def _parts(m=4, length=3, d=5, seed=0):
+    return torch.randn(m, length, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_kde_prior_by_hand():
+    parts, theta = _parts(), _parts(1, seed=1)[0]
+    h = 4.2
+    sq = ((theta.numpy()[None] - parts.numpy()) ** 2).reshape(4, -1).sum(-1)
+    assert PriorTerm(parts, h, "kde")(theta).item() == pytest.approx(logsumexp(-sq / h) - math.log(4), abs=1e-10)
+
+
+def test_gaussian_prior_by_hand():
+    parts, theta = _parts(), _parts(1, seed=2)[0]
+    h = 3.0
+    mean = parts.numpy().mean(0)
+    want = -((theta.numpy() - mean) ** 2).sum() / h  # variance h / 2
+    assert PriorTerm(parts, h, "gaussian")(theta).item() == pytest.approx(want, abs=1e-10)
+
+
+def test_rank_one_factor_starts_at_theta0_and_one_step_moves_only_u_v():
+    theta0 = _parts(1, length=4, d=6, seed=3)[0]
+    u = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    v = torch.nn.Parameter(torch.ones(6, dtype=torch.float64))
+    assert torch.equal(effective_prompt(theta0, u, v), theta0)
+    assert effective_prompt(theta0, None, None) is theta0
+    prior = PriorTerm(_parts(seed=4, length=4, d=6), 5.0)
+    # dL/dtheta at theta0, by autograd on theta itself; the chain rule then gives u's and v's gradients
+    t = theta0.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(-prior(t), t)
+    lr = 0.1
+    u_want = 1.0 - lr * (g * theta0).sum(1).numpy()
+    v_want = 1.0 - lr * (g * theta0).sum(0).numpy()
+    opt = torch.optim.SGD([u, v], lr=lr)
+    (-prior(effective_prompt(theta0, u, v))).backward()
+    opt.step()
+    np.testing.assert_allclose(u.detach().numpy(), u_want, atol=1e-12)
+    np.testing.assert_allclose(v.detach().numpy(), v_want, atol=1e-12)
+    np.testing.assert_allclose(effective_prompt(theta0, u, v).detach().numpy(),
+                               theta0.numpy() * np.outer(u_want, v_want), atol=1e-12)
+
+
+def _cfg(tmp_path, name, posterior, **kw):
+    base = dict(model="tiny-llama", out=str(tmp_path / name), task="synth-product", posterior=str(posterior),
+                steps=4, eval_every=2, log_every=1, batch_size=4, max_train_examples=16, max_eval_examples=12,
+                progress=False, device="cpu")
+    return TargetConfig(**{**base, **kw})
+
+
+def test_initial_prompt_choices(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    parts = _parts(3, length=4, d=32, seed=5).float()
+    cfg = _cfg(tmp_path, "t", "unused")
+    torch.testing.assert_close(initial_prompt(cfg, model, tok, parts), torch.tensor(parts.numpy().mean(0)))
+    cfg.init = "particle:2"
+    assert torch.equal(initial_prompt(cfg, model, tok, parts), parts[2])
+    for bad in ("particle:3", "particle:-1", "particle:x"):
+        cfg.init = bad
+        with pytest.raises(BmtptError):
+            initial_prompt(cfg, model, tok, parts)
+    cfg.init = "mean"
+    with pytest.raises(BmtptError, match="needs --posterior"):
+        initial_prompt(cfg, model, tok, None)
+    cfg.method, cfg.prompt_length = "pt", 5  # prompt tuning from scratch ignores --init mean: a vocab init
+    assert initial_prompt(cfg, model, tok, None).shape == (5, 32)
+
+
+@pytest.fixture(scope="module")
+def posterior(tmp_path_factory, tiny_llama):
+    """A 3-particle source posterior on the tiny Llama (2 steps on 3 synth tasks)."""
+    out = tmp_path_factory.mktemp("source") / "post"
+    cfg = SourceConfig(model="tiny-llama", out=str(out), tasks="synth-sentiment,synth-animal,synth-past",
+                       particles=3, steps=2, batch_size=6, prompt_length=4, max_train_examples=12,
+                       progress=False, device="cpu")
+    res = run_source(cfg, *tiny_llama)
+    return out, res.particles, res.info["bandwidth"]
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_source_to_target_run(tmp_path, tiny_llama, posterior):
+    model, tok = tiny_llama
+    folder, parts, h = posterior
+    cfg = _cfg(tmp_path, "tgt", folder, rank_one=True, prior_weight=0.5)
+    res = run_target(cfg, model, tok)
+    out = tmp_path / "tgt"
+    saved = load_file(str(out / "prompt.safetensors"))
+    assert set(saved) == {"prompt", "theta0", "u", "v"} and saved["prompt"].shape == (4, 32)
+    torch.testing.assert_close(saved["prompt"], saved["theta0"] * torch.outer(saved["u"], saved["v"]))
+    meta = json.loads((out / "target.json").read_text())
+    assert meta["task"] == "synth-product" and meta["source_tasks"] == ["synth-sentiment", "synth-animal", "synth-past"]
+    assert meta["trainable_parameters"] == 4 * 32 + 4 + 32
+    metrics = meta["metrics"]
+    assert metrics["best_step"] in (0, 2, 4) and metrics == res.metrics
+    for split in ("dev", "test"):
+        acc = metrics[split]["accuracy"]  # a percentage of 12 examples
+        assert acc * 12 / 100 == pytest.approx(round(acc * 12 / 100)) and metrics[split]["score"] == acc
+    # the test accuracy is that of the saved prompt, by comparing the two labels' likelihoods by hand
+    pm = PromptedModel(model, tok)
+    test = load_split(get_task("synth-product"), "test", cfg, 12)
+    correct = 0
+    for ex in test:
+        nll = {}
+        for label in ("yes", "no"):
+            enc = encode_examples(tok, [Example(ex.input, label)], False)
+            nll[label] = pm.example_nll(saved["prompt"][None], collate(enc.inputs, enc.targets, 0, False))[0].item()
+        correct += min(nll, key=nll.get) == ex.target
+    assert metrics["test"]["accuracy"] == pytest.approx(100 * correct / 12)
+    # the logged objective is NLL - lambda * log p_hat, and p_hat at step 1 is the KDE at the particles' mean
+    recs = [r for r in _records(out) if "nll" in r]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    for r in recs:
+        assert r["loss"] == pytest.approx(r["nll"] - 0.5 * r["log_prior"], rel=1e-5, abs=1e-6)
+    p = parts.double().numpy()
+    sq = ((p.mean(0)[None] - p) ** 2).reshape(3, -1).sum(-1)
+    assert recs[0]["log_prior"] == pytest.approx(logsumexp(-sq / h) - math.log(3), rel=1e-4, abs=1e-5)
+    assert backbone_grads(model) == []
+
+
+def test_zero_prior_weight_leaves_the_plain_nll(tmp_path, tiny_llama, posterior):
+    cfg = _cfg(tmp_path, "lam0", posterior[0], prior_weight=0.0, steps=3, eval_every=3, init="particle:1")
+    run_target(cfg, *tiny_llama)
+    meta = json.loads((tmp_path / "lam0" / "target.json").read_text())
+    assert meta["prior_weight"] == 0.0
+    recs = [r for r in _records(tmp_path / "lam0") if "nll" in r]
+    assert len(recs) == 3
+    for r in recs:
+        assert r["log_prior"] == 0.0 and r["loss"] == r["nll"]
+
+
+def test_init_particle_k_starts_at_that_particle(tmp_path, tiny_llama, posterior):
+    folder, parts, _ = posterior
+    for init, want in (("particle:2", parts[2]), ("mean", parts.mean(0))):
+        cfg = _cfg(tmp_path, init.replace(":", ""), folder, init=init, steps=1, eval_every=1, optimizer="sgd",
+                   lr=1e-9, weight_decay=0.0)
+        res = run_target(cfg, *tiny_llama)
+        torch.testing.assert_close(res.prompt, want, atol=1e-6, rtol=0)
+
+
+def test_posterior_of_another_width_is_refused(tmp_path, tiny_llama):
+    save_posterior(tmp_path, torch.randn(2, 4, 16), {"backbone": "other", "source_tasks": ["synth-animal"],
+                                                      "bandwidth": 1.0, "method": "svgd"})
+    with pytest.raises(BmtptError, match="16 wide"):
+        run_target(_cfg(tmp_path, "bad", tmp_path), *tiny_llama)
