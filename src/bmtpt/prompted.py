@@ -150,8 +150,9 @@ class PromptedModel:
 
 def mean_loss_by_group(nll_sum: Tensor, ntok: Tensor, groups: Tensor, num_groups: int) -> Tensor:
     """Token-mean NLL per group: sum of NLL over the group's rows / their token count, (num_groups,)."""
-    tot = torch.zeros(num_groups, dtype=nll_sum.dtype, device=nll_sum.device).index_add(0, groups, nll_sum)
-    cnt = torch.zeros(num_groups, dtype=nll_sum.dtype, device=nll_sum.device).index_add(0, groups, ntok.to(nll_sum.dtype))
+    zeros = torch.zeros(num_groups, dtype=nll_sum.dtype, device=nll_sum.device)
+    tot = zeros.index_add(0, groups, nll_sum)
+    cnt = zeros.index_add(0, groups, ntok.to(nll_sum.dtype))
     return tot / cnt.clamp_min(1)
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .backbone import load_backbone
 from .config import SourceConfig, parse_likelihood_scale
-from .data import EpochSampler, collate, encode_examples
+from .data import Batch, EpochSampler, collate, encode_examples
 from .errors import BmtptError
 from .prompted import PromptedModel, mean_loss_by_group
 from .prompts import init_prompts, save_posterior
@@ -112,9 +112,7 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
     return -leaf.grad.detach(), losses
 
 
-def _select(batch, rows: Tensor):
-    from .data import Batch
-
+def _select(batch: Batch, rows: Tensor) -> Batch:
     return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.target_ids[rows], batch.target_mask[rows])
 
 

@@ -9,7 +9,6 @@ rank-one factor is on; u and v start at ones, so training starts exactly at thet
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +69,7 @@ def effective_prompt(theta0: Tensor, u: Tensor | None, v: Tensor | None) -> Tens
 
 def initial_prompt(cfg: TargetConfig, model, tokenizer, particles: Tensor | None) -> Tensor:
     """theta0 from --init: the particles' mean, one particle, or a fresh init (vocab, uniform, text, file)."""
-    init = cfg.init if cfg.method != "pt" or cfg.init not in ("mean",) else "vocab"
+    init = "vocab" if cfg.method == "pt" and cfg.init == "mean" else cfg.init  # pt has no particles
     if init == "mean" or init.startswith("particle:"):
         if particles is None:
             raise BmtptError(f"--init {init} needs --posterior")
@@ -185,4 +184,4 @@ def _params(theta0: Tensor, u: Tensor | None, v: Tensor | None) -> dict[str, Ten
     state = {"theta0": theta0.detach().clone()}
     if u is not None:
         state.update(u=u.detach().clone(), v=v.detach().clone())
-    return copy.copy(state)
+    return state
