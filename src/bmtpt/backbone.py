@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -54,6 +55,38 @@ def is_seq2seq_config(config) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
+def gguf_cache_dir(folder: str, gguf: str) -> Path:
+    """Where the de-quantised copy of a GGUF backbone is kept: $BMTPT_CACHE or ~/.cache/bmtpt.
+
+    The name carries the file's size and mtime, so a changed file gets a new copy.
+    """
+    f = Path(folder) / gguf
+    st = f.stat()
+    root = Path(os.environ.get("BMTPT_CACHE") or Path.home() / ".cache" / "bmtpt").expanduser()
+    return root / "gguf" / f"{f.stem}-{st.st_size}-{int(st.st_mtime)}"
+
+
+def _cache_gguf(model, tokenizer, target: Path) -> None:
+    """Save a GGUF-loaded model and tokenizer as a plain transformers folder (safetensors), atomically.
+
+    Reading a GGUF file de-quantises every tensor and converts the tokenizer in Python (~70 s for
+    SmolLM2-135M on 2 cores); the saved copy loads in ~2 s. transformers refuses to save a model that
+    carries the GGUF quantizer, but the weights are already plain float tensors, so we drop the marker.
+    Failing to write the cache (read-only home, full disk) only costs speed, never the run.
+    """
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_backbone(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
                   device: str = "cpu"):
     """Load (model, tokenizer) with every backbone parameter frozen and the model in eval mode.
@@ -65,8 +98,13 @@ def load_backbone(name: str, trust_remote_code: bool = False, dtype: torch.dtype
 
     path, gguf = resolve(name)
     kw = {"trust_remote_code": trust_remote_code}
+    cache = None
     if gguf:
-        kw["gguf_file"] = gguf
+        cache = gguf_cache_dir(path, gguf)
+        if (cache / "config.json").is_file():
+            path, gguf = str(cache), None
+        else:
+            kw["gguf_file"] = gguf
     local = Path(path).expanduser()
     looks_local = local.exists() or name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1
     if looks_local and not local.exists():
@@ -81,6 +119,8 @@ def load_backbone(name: str, trust_remote_code: bool = False, dtype: torch.dtype
         hint = f" (did you mean {' or '.join(close)}?)" if close and name not in close else ""
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BmtptError(f"cannot load backbone {name!r}{hint}: {first}") from e
+    if gguf and cache is not None and dtype == torch.float32:  # never cache a lossy bf16/fp16 copy
+        _cache_gguf(model, tokenizer, cache)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False)
