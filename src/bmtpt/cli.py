@@ -1,7 +1,8 @@
 """The `bmtpt` command line: one function per command, options generated from the config dataclasses.
 
 Every option can also come from a YAML file (`--config FILE`, keys as in config.yaml of a run);
-options given on the command line win. Bad input prints one line `bmtpt: error: ...` and exits 2.
+options given on the command line win. With `--resume --out RUN` the run's own config.yaml fills in
+every option not given. Bad input prints one line `bmtpt: error: ...` and exits 2.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .config import EvalConfig, SourceConfig, TargetConfig, TinyConfig
+from .bench import SpeedConfig, cmd_bench
+from .config import EvalConfig, ExportConfig, SourceConfig, TargetConfig, TinyConfig
+from .demo import DemoConfig
 from .errors import BmtptError
 
 
@@ -95,6 +98,12 @@ def build_config(cls, ns: argparse.Namespace):
     for f in dataclasses.fields(cls):
         if f.name in vars(ns) and not (f.metadata.get("positional") and getattr(ns, f.name) is None):
             values[f.name] = getattr(ns, f.name)
+    if values.get("resume") and values.get("out"):  # --resume: the run's own options, under those given here
+        from .runs import saved_options
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        saved = saved_options(values["out"], getattr(ns, "command", ""))
+        values = {**{k: v for k, v in saved.items() if k in names}, **values}
     if "tasks" in values and isinstance(values["tasks"], list):
         values["tasks"] = ",".join(values["tasks"])
     try:
@@ -147,31 +156,64 @@ def cmd_tiny(cfg: TinyConfig) -> int:
     return 0
 
 
-def cmd_tasks(args: argparse.Namespace) -> int:
-    """Print the registered tasks."""
-    from .tasks import list_tasks
+def cmd_export(cfg: ExportConfig) -> int:
+    """Write a run's prompt as a PEFT prompt-tuning adapter."""
+    from .interop import run_export
 
-    rows = [(t.name, t.suite, ",".join(t.metrics), "/".join(t.verbalizers) if t.verbalizers else "(generate)",
-             t.description) for t in list_tasks()]
-    if args.suite:
-        rows = [r for r in rows if r[1] == args.suite]
-    head = ("task", "suite", "metrics", "labels", "description")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(4)]
-    for r in [head, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    out = run_export(cfg)
+    print(f"wrote {out / 'adapter_config.json'} and adapter_model.safetensors (PEFT prompt tuning)")
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """Run (or continue) an experiment grid, or only re-render its report."""
+    from .experiment import run_experiment
+
+    run_experiment(args.config, render_only=args.render_only, progress=args.progress, plots=args.plots)
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """Print the registered tasks: split convention, official and train/dev/test sizes, metrics."""
+    from .tasks import count_all, list_tasks, task_table
+
+    tasks = list_tasks()
+    if args.suite:
+        suites = sorted({t.suite for t in tasks})
+        if args.suite not in suites:
+            raise BmtptError(f"unknown suite {args.suite!r} (choose from {', '.join(suites)})")
+        tasks = [t for t in tasks if t.suite == args.suite]
+    counts = None
+    if args.data_dir:
+        data_dir = Path(args.data_dir).expanduser()
+        if not data_dir.is_dir():
+            raise BmtptError(f"data dir {data_dir} does not exist")
+        tty = sys.stderr.isatty()
+        print(f"reading the split sizes of {len(tasks)} tasks from {data_dir} ...", file=sys.stderr, flush=True)
+
+        def progress(i, n, task):
+            if tty:
+                print(f"\r\033[K[{i}/{n}] {task.name}", end="", file=sys.stderr, flush=True)
+
+        counts = count_all(tasks, str(data_dir), progress)
+        if tty:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+    print(task_table(tasks, args.format, counts))
+    return 0
+
+
+def cmd_demo(cfg) -> int:
     """Run the offline demo."""
     from .demo import run_demo
 
-    run_demo(out=args.out, quick=args.quick, seed=args.seed, overwrite=args.overwrite, progress=args.progress)
+    run_demo(cfg)
     return 0
 
 
 CONFIG_COMMANDS = {"source": (SourceConfig, cmd_source), "target": (TargetConfig, cmd_target),
-                   "eval": (EvalConfig, cmd_eval), "tiny-model": (TinyConfig, cmd_tiny)}
+                   "eval": (EvalConfig, cmd_eval), "tiny-model": (TinyConfig, cmd_tiny),
+                   "export": (ExportConfig, cmd_export),
+                   "demo": (DemoConfig, cmd_demo), "bench": (SpeedConfig, cmd_bench)}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -183,14 +225,24 @@ def make_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=(cls.__doc__ or "").split(":", 1)[-1].strip(), description=cls.__doc__)
         sp.add_argument("--config", metavar="FILE", help="YAML file of options (command-line options win)")
         add_config_options(sp, cls)
-    t = sub.add_parser("tasks", help="list the registered tasks")
-    t.add_argument("--suite", help="only this suite (e.g. synth, glue)")
-    d = sub.add_parser("demo", help="the offline demo: SmolLM2-135M on a generated multi-task suite")
-    d.add_argument("--out", default="./bmtpt-demo", help="output folder (default: ./bmtpt-demo)")
-    d.add_argument("--quick", action="store_true", help="a smaller run (at most 3 minutes on 2 CPU cores)")
-    d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    d.add_argument("--overwrite", action="store_true", help="replace results already in --out")
-    d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    t = sub.add_parser("tasks", help="list the registered tasks: split convention, sizes, metrics",
+                       description="List the registered tasks with their split convention, the official sizes "
+                       "of their original splits, the train/dev/test sizes bmtpt cuts from them, and metrics. "
+                       "No data is read unless --data-dir is given (see docs/tasks.md).")
+    t.add_argument("--suite", help="only this suite (e.g. synth, glue, superglue, qa, mrqa, other)")
+    t.add_argument("--format", choices=("text", "md"), default="text",
+                   help="aligned text columns (default) or a markdown table")
+    t.add_argument("--data-dir", metavar="DIR",
+                   help="read the train/dev/test sizes from the local files under DIR ('missing' where absent)")
+    x = sub.add_parser("experiment", help="run a grid of methods x target tasks x seeds (x k-shot) from a YAML file",
+                       description="Run (or continue: finished cells are skipped) the grid of CONFIG.yaml, then "
+                       "write results.jsonl, results.md and plots to its out folder (see configs/README.md).")
+    x.add_argument("config", metavar="CONFIG", help="experiment YAML file")
+    x.add_argument("--render-only", action="store_true", help="only re-render results.md and plots from results.jsonl")
+    x.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars of the stages (default: the config's progress key)")
+    x.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw the PNG plots (default: yes; needs matplotlib)")
     return p
 
 
@@ -202,13 +254,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in CONFIG_COMMANDS:
             cls, fn = CONFIG_COMMANDS[args.command]
             return fn(build_config(cls, args))
-        return {"tasks": cmd_tasks, "demo": cmd_demo}[args.command](args)
+        return {"tasks": cmd_tasks, "experiment": cmd_experiment}[args.command](args)
     except BmtptError as e:
         print(f"bmtpt {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bmtpt {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # a bug, not bad input: one line unless the user asks for the traceback
         if os.environ.get("BMTPT_DEBUG"):
             raise

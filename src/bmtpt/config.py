@@ -38,23 +38,28 @@ class CommonConfig:
     log_every: int = opt(10, "log losses every N steps to metrics.jsonl")
     seed: int = opt(0, "random seed (prompt init, data order)")
     trust_remote_code: bool = opt(False, "allow the backbone's own Python code from the hub to run")
-    overwrite: bool = opt(False, "replace the results already in --out")
+    checkpoint_every: int = opt(100, "save a resumable checkpoint (prompts, optimiser, RNG and data position) "
+                                "every N steps and at the end to --out/checkpoint.safetensors")
+    resume: bool = opt(False, "continue the killed or interrupted run in --out from its checkpoint; options not "
+                       "given are read from its config.yaml, and options that change results must not differ")
+    overwrite: bool = opt(False, "replace the results (and checkpoint) already in --out")
     progress: bool = opt(True, "show progress bars")
 
     def validate(self) -> None:
         """Raise BmtptError on values that cannot work."""
         if not self.out:
             raise BmtptError("--out is required")
-        for name in ("prompt_length", "batch_size", "max_input_tokens", "max_target_tokens", "log_every"):
+        for name in ("prompt_length", "batch_size", "max_input_tokens", "max_target_tokens", "log_every",
+                     "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("max_train_examples", "max_eval_examples", "particle_chunk"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {v}")
-        if not self.lr > 0:
-            raise BmtptError(f"--lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
+        if not self.lr > 0 or self.lr == float("inf"):
+            raise BmtptError(f"--lr must be positive and finite, got {self.lr}")
+        if not self.weight_decay >= 0:
             raise BmtptError(f"--weight-decay must be non-negative, got {self.weight_decay}")
 
     def to_dict(self) -> dict:
@@ -71,7 +76,8 @@ class SourceConfig(CommonConfig):
     steps: int = opt(1000, "optimisation steps")
     method: str = opt("svgd", "svgd: one posterior over all tasks; independent: particle k trained on task k "
                       "alone (the averaged-prompts baseline needs M = number of tasks)", ("svgd", "independent"))
-    init: str = opt("vocab", "prompt init: vocab | uniform | text:WORDS | file:PATH.safetensors")
+    init: str = opt("vocab", "prompt init: vocab | uniform | text:WORDS | file:PATH.safetensors | "
+                    "peft:ADAPTER_DIR (particle 0; the others vocab)")
     mixing: str = opt("proportional", "per-task share of each batch", ("proportional", "temperature", "equal"))
     mixing_temperature: float = opt(2.0, "T of temperature mixing: share proportional to N_k^(1/T)")
     likelihood_scale: str = opt("mean", "how a task's minibatch mean loss becomes log p(D_k|theta): 'mean' "
@@ -120,7 +126,7 @@ class TargetConfig(CommonConfig):
                       "prior; pt: prompt tuning from scratch", ("bmtpt", "avg", "pt"))
     steps: int = opt(500, "optimisation steps")
     init: str = opt("mean", "initial prompt: mean (of the particles), particle:K, vocab, uniform, text:WORDS, "
-                    "file:PATH")
+                    "file:PATH, peft:ADAPTER_DIR (a PEFT prompt-tuning adapter)")
     prior_weight: float = opt(1.0, "lambda: weight of -log p(theta | sources) against the mean token NLL (0: off)")
     prior: str = opt("kde", "source-posterior density: kde over the particles, or an isotropic gaussian at "
                      "their mean", ("kde", "gaussian"))
@@ -141,7 +147,7 @@ class TargetConfig(CommonConfig):
         for name in ("steps", "eval_every", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.prior_weight < 0:
+        if not self.prior_weight >= 0:
             raise BmtptError(f"--prior-weight must be non-negative, got {self.prior_weight}")
         if not self.lr_factor > 0:
             raise BmtptError(f"--lr-factor must be positive, got {self.lr_factor}")
@@ -191,3 +197,26 @@ class TinyConfig:
         """Raise BmtptError on values that cannot work."""
         if not self.dir:
             raise BmtptError("an output folder is required")
+
+
+@dataclass
+class ExportConfig:
+    """`bmtpt export`: write a run's prompt as a PEFT prompt-tuning adapter (adapter_config.json +
+    adapter_model.safetensors) that peft.PeftModel.from_pretrained loads."""
+
+    run_dir: str = opt("", "run folder of `bmtpt target` (its prompt, rank-one factor folded in) or `bmtpt source`",
+                       positional=True)
+    out_dir: str = opt("", "output folder of the adapter", positional=True)
+    to: str = opt("peft", "output format", ("peft",))
+    particle: int | None = opt(None, "source runs: export particle K (default: the particles' mean)")
+    task_type: str = opt("auto", "PEFT task type (auto: from the backbone's config)",
+                         ("auto", "SEQ_2_SEQ_LM", "CAUSAL_LM"))
+    trust_remote_code: bool = opt(False, "allow the backbone's own Python code when reading its config")
+    overwrite: bool = opt(False, "replace an adapter already in OUT_DIR")
+
+    def validate(self) -> None:
+        """Raise BmtptError on values that cannot work."""
+        if not self.run_dir or not self.out_dir:
+            raise BmtptError("a run folder and an output folder are required")
+        if self.particle is not None and self.particle < 0:
+            raise BmtptError(f"--particle must be non-negative, got {self.particle}")

@@ -2,22 +2,31 @@
 
 The central trick: M prompts ("particles") are evaluated in ONE forward pass by stacking
 (particle, example) pairs on the batch axis. The token embeddings of the B examples are computed
-once and gathered into the M*B rows; each row gets its own prompt via an index, so the same code
-also serves "particle m sees only task m's examples" (the independent per-task baseline).
+once and broadcast into the M*B rows (written once, no gathered copies); with an index per row instead,
+each row gets its own prompt, so the same code also serves "particle m sees only task m's examples"
+(the independent per-task baseline). Seq2seq rank classification encodes each input once for all its
+candidate answers.
+
+Options: `gradient_checkpointing` recomputes each backbone layer in the backward pass instead of keeping
+its activations (less memory, ~1/3 more compute); `full_logits` runs the LM head at every position of a
+causal LM (the naive baseline of `bmtpt bench speed`; normally only the T + 1 target positions).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+import torch.utils.checkpoint
+from torch import Tensor, nn
 
 from .backbone import embedding_width, is_seq2seq_config
 from .data import Batch, batch_of, chunks, collate, encode_examples, encode_target, encode_text
+from .errors import BmtptError
 from .tasks import Example, Task
 
 
@@ -29,10 +38,76 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
 
 
-class PromptedModel:
-    """Wraps a frozen (model, tokenizer) pair; prompts are passed in, never owned."""
+def checkpoint_layers(model) -> list[nn.Module]:
+    """The repeated blocks of a backbone (T5Block, LlamaDecoderLayer, ...), outermost only.
 
-    def __init__(self, model, tokenizer, precision: str = "fp32", max_input_tokens: int = 256):
+    transformers marks them as `GradientCheckpointingLayer`; older versions (and remote code) are
+    covered by taking the members of every ModuleList whose members all share one class.
+    """
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # transformers < 4.52
+        GradientCheckpointingLayer = ()  # noqa: N806
+    found: list[nn.Module] = []
+    inside: set[int] = set()
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        members = []
+        if GradientCheckpointingLayer and isinstance(module, GradientCheckpointingLayer):
+            members = [module]
+        elif not GradientCheckpointingLayer and isinstance(module, nn.ModuleList) and len(module) > 0 \
+                and len({type(c) for c in module}) == 1:
+            members = list(module)
+        for layer in members:
+            found.append(layer)
+            inside.update(id(c) for c in layer.modules())
+    return found
+
+
+def _checkpointed_call(forward, *args, **kwargs):
+    """Run a layer under non-reentrant activation checkpointing when a backward pass will follow.
+
+    Non-reentrant: with a frozen backbone no layer input but the prompt's path needs a gradient, and
+    reentrant checkpointing would drop it (its autograd.Function sees no input that requires grad).
+    """
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+@contextlib.contextmanager
+def checkpointing(layers: Sequence[nn.Module]) -> Iterator[None]:
+    """Checkpoint `layers` for the forward passes run inside the block (the backward may come later).
+
+    transformers' own `gradient_checkpointing_enable` only acts in training mode, which would also turn
+    dropout on; the backbone stays in eval mode here, so we wrap the layers' `forward` ourselves for
+    the duration of the call, and restore any instance-level `forward` (e.g. accelerate's hooks) after.
+    """
+    saved = []
+    for layer in layers:
+        saved.append(layer.__dict__.get("forward"))
+        layer.forward = functools.partial(_checkpointed_call, layer.forward)
+    try:
+        yield
+    finally:
+        for layer, old in zip(layers, saved):
+            if old is None:
+                del layer.forward
+            else:
+                layer.forward = old
+
+
+class PromptedModel:
+    """Wraps a frozen (model, tokenizer) pair; prompts are passed in, never owned.
+
+    `gradient_checkpointing`: recompute each backbone layer during the backward pass (non-reentrant
+    torch checkpointing) instead of storing its activations. `full_logits`: causal LMs compute the LM
+    head at every position instead of the target positions only (slower; a benchmark baseline).
+    """
+
+    def __init__(self, model, tokenizer, precision: str = "fp32", max_input_tokens: int = 256,
+                 gradient_checkpointing: bool = False, full_logits: bool = False):
         self.model, self.tokenizer = model, tokenizer
         model.requires_grad_(False)  # a model passed in directly (not via load_backbone) must stay frozen too
         self.is_seq2seq = is_seq2seq_config(model.config)
@@ -41,7 +116,11 @@ class PromptedModel:
         self.pad_id = tokenizer.pad_token_id
         self.device = next(model.parameters()).device
         fwd = inspect.signature(model.forward).parameters
-        self._keep_logits = "logits_to_keep" in fwd
+        self._keep_logits = "logits_to_keep" in fwd and not full_logits
+        self.gradient_checkpointing = gradient_checkpointing
+        self._layers = checkpoint_layers(model) if gradient_checkpointing else []
+        if gradient_checkpointing and not self._layers:
+            raise BmtptError(f"gradient checkpointing: found no repeated layers in {type(model).__name__}")
 
     @property
     def embed_dim(self) -> int:
@@ -51,18 +130,21 @@ class PromptedModel:
     # ------------------------------------------------------------------ forward
     def _rows(self, prompts: Tensor, batch: Batch, prompt_index: Tensor | None):
         """Prompt embeddings (R, l, d), example embeddings, masks and targets of every row."""
-        m, b = prompts.shape[0], len(batch)
+        (m, plen, d), b = prompts.shape, len(batch)
         dev = self.device
-        if prompt_index is None:  # all M prompts on all B examples, particle-major
-            p_idx = torch.arange(m, device=dev).repeat_interleave(b)
-            e_idx = torch.arange(b, device=dev).repeat(m)
-        else:  # row r is example r with prompt prompt_index[r]
-            p_idx, e_idx = prompt_index.to(dev), torch.arange(b, device=dev)
         emb = self.model.get_input_embeddings()(batch.input_ids.to(dev))  # once per example
-        x = torch.cat([prompts[p_idx].to(emb.dtype), emb[e_idx]], dim=1)
-        ones = torch.ones(len(p_idx), prompts.shape[1], dtype=batch.attention_mask.dtype, device=dev)
-        mask = torch.cat([ones, batch.attention_mask.to(dev)[e_idx]], dim=1)
-        return x, mask, batch.target_ids.to(dev)[e_idx], batch.target_mask.to(dev)[e_idx]
+        ones = torch.ones(b, plen, dtype=batch.attention_mask.dtype, device=dev)
+        mask = torch.cat([ones, batch.attention_mask.to(dev)], dim=1)
+        tgt, tmask = batch.target_ids.to(dev), batch.target_mask.to(dev)
+        prompts = prompts.to(emb.dtype)
+        if prompt_index is None:  # all M prompts on all B examples, particle-major
+            # cat of broadcast views: the (M*B, l+n, d) input is written once, with no gathered copies, and
+            # the prompt's gradient is a sum over the broadcast axis rather than a scatter-add
+            n = emb.shape[1]
+            x = torch.cat([prompts[:, None].expand(m, b, plen, d), emb[None].expand(m, b, n, d)], dim=2)
+            return x.view(m * b, plen + n, d), mask.repeat(m, 1), tgt.repeat(m, 1), tmask.repeat(m, 1)
+        # row r is example r with prompt prompt_index[r]
+        return torch.cat([prompts[prompt_index.to(dev)], emb], dim=1), mask, tgt, tmask
 
     def token_nll(self, prompts: Tensor, batch: Batch, prompt_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-token negative log-likelihood of the targets, (R, T), and the target mask (R, T).
@@ -71,20 +153,32 @@ class PromptedModel:
         pairs, particle-major; with it, row r is example r under prompt `prompt_index[r]`.
         """
         x, mask, tgt, tmask = self._rows(prompts, batch, prompt_index)
-        with autocast(self.device.type, self.precision):
+        return self._nll(self.backbone_logits(x, mask, tgt, tmask), tgt, tmask)
+
+    def backbone_logits(self, x: Tensor, mask: Tensor, tgt: Tensor, tmask: Tensor) -> Tensor:
+        """The backbone's logits at the target positions, (R, T, V), from the input embeddings of `_rows`.
+
+        This is the whole backbone part of a step (autocast and checkpointing included); everything else
+        (rows, loss, kernel, optimiser) is bmtpt's overhead, which `bmtpt bench speed` measures.
+        """
+        ckpt = checkpointing(self._layers) if self._layers else contextlib.nullcontext()
+        with autocast(self.device.type, self.precision), ckpt:
             if self.is_seq2seq:
                 labels = tgt.masked_fill(tmask == 0, -100)
                 dec_in = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
-                logits = self.model(inputs_embeds=x, attention_mask=mask, decoder_input_ids=dec_in,
-                                    use_cache=False).logits
-            else:
-                # Positions from the mask: padding (between prompt and text) never shifts positions.
-                pos = (mask.cumsum(-1) - 1).clamp_min(0)
-                t = tgt.shape[1]
-                kw = {"logits_to_keep": t + 1} if self._keep_logits else {}
-                logits = self.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False,
-                                    **kw).logits
-                logits = logits[:, -(t + 1):-1]  # position i predicts token i + 1
+                return self.model(inputs_embeds=x, attention_mask=mask, decoder_input_ids=dec_in,
+                                  use_cache=False).logits
+            # Positions from the mask: padding (between prompt and text) never shifts positions.
+            pos = (mask.cumsum(-1) - 1).clamp_min(0)
+            t = tgt.shape[1]
+            kw = {"logits_to_keep": t + 1} if self._keep_logits else {}
+            logits = self.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False,
+                                **kw).logits
+            return logits[:, -(t + 1):-1]  # position i predicts token i + 1
+
+    @staticmethod
+    def _nll(logits: Tensor, tgt: Tensor, tmask: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-token NLL (fp32 log-softmax), zero at padded target positions, and the target mask."""
         nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none")
         return nll * tmask, tmask
 
@@ -107,13 +201,37 @@ class PromptedModel:
         scores = []
         per = max(1, batch_size // c)
         for idx in chunks(range(len(examples)), per):
-            inputs = [enc.inputs[i] for i in idx for _ in range(c)]
-            targets = [cands[j] for _ in idx for j in range(c)]
-            batch = collate(inputs, targets, self.pad_id, self.is_seq2seq)
-            nll, _ = self.example_nll(prompt[None], batch)
+            if self.is_seq2seq and hasattr(self.model, "get_encoder"):
+                nll = self._candidates_nll(prompt, [enc.inputs[i] for i in idx], cands)
+            else:
+                inputs = [enc.inputs[i] for i in idx for _ in range(c)]
+                targets = [cands[j] for _ in idx for j in range(c)]
+                batch = collate(inputs, targets, self.pad_id, self.is_seq2seq)
+                nll, _ = self.example_nll(prompt[None], batch)
             scores.append((-nll).view(len(idx), c).float().cpu())
         ll = torch.cat(scores)
         return [verbalizers[j] for j in ll.argmax(-1).tolist()], ll
+
+    def _candidates_nll(self, prompt: Tensor, inputs: list[list[int]], cands: list[list[int]]) -> Tensor:
+        """Seq2seq: summed NLL of every (input, candidate) pair, example-major, (E * C,).
+
+        The encoder runs once per example and its states are shared by the C candidates' decoder rows
+        (encoding the input C times would multiply the dominant cost of rank classification by C).
+        """
+        e, c, dev = len(inputs), len(cands), self.device
+        batch = collate(inputs, [[self.pad_id]] * e, self.pad_id, True)
+        cand = collate([[self.pad_id]] * c, cands, self.pad_id, True)
+        x, mask, _, _ = self._rows(prompt[None], batch, None)
+        tgt, tmask = cand.target_ids.to(dev).repeat(e, 1), cand.target_mask.to(dev).repeat(e, 1)
+        with autocast(dev.type, self.precision):
+            states = self.model.get_encoder()(inputs_embeds=x, attention_mask=mask).last_hidden_state
+            labels = tgt.masked_fill(tmask == 0, -100)
+            dec_in = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
+            logits = self.model(encoder_outputs=(states.repeat_interleave(c, 0),),
+                                attention_mask=mask.repeat_interleave(c, 0), decoder_input_ids=dec_in,
+                                use_cache=False).logits
+        nll, _ = self._nll(logits, tgt, tmask)
+        return nll.sum(-1)
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, examples: Sequence[Example], max_new_tokens: int = 16,

@@ -15,7 +15,7 @@ from torch import Tensor
 from . import __version__
 from .errors import BmtptError
 
-INIT_CHOICES = "vocab | uniform | text:SOME WORDS | file:PATH.safetensors"
+INIT_CHOICES = "vocab | uniform | text:SOME WORDS | file:PATH.safetensors | peft:ADAPTER_DIR"
 VOCAB_ROWS = 5000  # prompt-tuning convention: sample rows of the first 5,000 vocabulary embeddings
 
 
@@ -24,7 +24,8 @@ def init_prompts(model, tokenizer, num: int, length: int, how: str = "vocab", se
 
     `vocab`: rows drawn at random from the first 5,000 token embeddings (distinct per prompt);
     `uniform`: U(-0.5, 0.5); `text:...`: the embeddings of the text's tokens, repeated to fill the
-    length; `file:PATH`: a saved prompt (l, d) or particles (M, l, d) file.
+    length; `file:PATH`: a saved prompt (l, d) or particles (M, l, d) file; `peft:DIR`: the prompt of a
+    PEFT prompt-tuning adapter folder as prompt 0, the others (if num > 1) drawn as for `vocab`.
     """
     emb = model.get_input_embeddings().weight.detach().float().cpu()
     d = emb.shape[1]
@@ -49,6 +50,14 @@ def init_prompts(model, tokenizer, num: int, length: int, how: str = "vocab", se
         if t.shape[0] not in (1, num):
             raise BmtptError(f"prompt file {how[5:]} holds {t.shape[0]} prompts, expected 1 or {num}")
         return t.expand(num, -1, -1).clone().float()
+    if how.startswith("peft:"):
+        from .interop import import_peft  # interop imports this module
+
+        first = import_peft(how[5:], width=d, length=length)[None]
+        # One adapter is one particle. Copying it into all M would start SVGD with identical particles,
+        # which get identical updates (zero kernel gradient between them) and never separate.
+        rest = init_prompts(model, tokenizer, num - 1, length, "vocab", seed) if num > 1 else first[:0]
+        return torch.cat([first, rest])
     raise BmtptError(f"unknown prompt init {how!r} (choose {INIT_CHOICES})")
 
 
@@ -120,8 +129,10 @@ def load_posterior(folder: str | Path) -> tuple[Tensor, dict]:
         raise BmtptError(f"{folder} holds no posterior.json (is it the output folder of `bmtpt source`?)")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BmtptError(f"{meta_path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise BmtptError(f"{meta_path} holds a JSON {type(meta).__name__}, not a posterior's metadata object")
     missing = [k for k in POSTERIOR_KEYS if k not in meta]
     if missing:
         raise BmtptError(f"{meta_path} lacks key(s): {', '.join(missing)}")
@@ -136,4 +147,7 @@ def load_posterior(folder: str | Path) -> tuple[Tensor, dict]:
         raise BmtptError(f"particles have shape {tuple(particles.shape)} but posterior.json says {expect}")
     if not torch.isfinite(particles).all():
         raise BmtptError(f"{folder / 'particles.safetensors'} holds non-finite values")
+    h = meta["bandwidth"]  # the target stage's prior divides by it
+    if isinstance(h, bool) or not isinstance(h, int | float) or not 0 < h < float("inf"):
+        raise BmtptError(f"{meta_path}: bandwidth must be a positive number, got {h!r}")
     return particles.float(), meta

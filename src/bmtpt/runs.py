@@ -11,11 +11,13 @@ from pathlib import Path
 import torch
 import yaml
 
+from .checkpoint import CHECKPOINT_FILE, atomic_write_bytes, read_checkpoint_meta, remove_stale_temporaries
 from .config import CommonConfig
 from .errors import BmtptError
 from .tasks import Example, Task
 
 RESULT_FILES = ("posterior.json", "particles.safetensors", "target.json", "prompt.safetensors", "metrics.jsonl")
+FINISHED_FILES = ("posterior.json", "target.json")  # written last: their presence means the run completed
 
 
 def resolve_device(spec: str) -> str:
@@ -27,29 +29,121 @@ def resolve_device(spec: str) -> str:
     return spec
 
 
-def prepare_run_dir(cfg: CommonConfig) -> Path:
-    """Create the run folder; refuse one that already holds results unless --overwrite.
+def _final_marker(out: Path) -> str | None:
+    """The file a finished run writes last (posterior.json or target.json), if present."""
+    return next((f for f in FINISHED_FILES if (out / f).exists()), None)
 
-    With --overwrite only our own result files are removed; anything else the user put there stays.
+
+def check_run_dir(cfg: CommonConfig) -> Path:
+    """Refuse a run folder that cannot be used as asked, before anything is loaded or written.
+
+    Without --resume or --overwrite a folder holding results, a checkpoint or a metrics log is refused;
+    --resume needs a checkpoint of an unfinished run; --overwrite accepts anything.
     """
     out = Path(cfg.out).expanduser()
+    resume = getattr(cfg, "resume", False)
     if out.exists() and not out.is_dir():
         raise BmtptError(f"--out {out} exists and is not a folder")
+    if resume and cfg.overwrite:
+        raise BmtptError("--resume continues the run in --out and --overwrite starts it over: give only one")
+    ckpt = out / CHECKPOINT_FILE
+    finished = _final_marker(out)
+    if resume:
+        if finished:
+            raise BmtptError(f"the run in {out} is already complete ({finished}); there is nothing to resume")
+        if not ckpt.is_file():
+            raise BmtptError(f"{out} holds no checkpoint to resume from ({CHECKPOINT_FILE}; a run writes one every "
+                             "--checkpoint-every steps): start the run without --resume")
+        return out
+    if cfg.overwrite:
+        return out
     found = [f for f in RESULT_FILES if (out / f).exists()]
-    if found and not cfg.overwrite:
+    if finished:
         raise BmtptError(f"{out} already holds results ({', '.join(found)}); pass --overwrite to replace them "
                          "or choose another --out")
-    for f in found:
-        (out / f).unlink()
-    if (out / "checkpoints").is_dir() and cfg.overwrite:
-        shutil.rmtree(out / "checkpoints")
-    out.mkdir(parents=True, exist_ok=True)
+    if ckpt.is_file():
+        raise BmtptError(f"{out} holds an unfinished run ({_checkpoint_step(out)}); pass --resume to continue it, "
+                         "--overwrite to start over, or choose another --out")
+    if found:
+        raise BmtptError(f"{out} already holds results ({', '.join(found)}) of a run that stopped before its first "
+                         "checkpoint; pass --overwrite to replace them or choose another --out")
     return out
 
 
+def _checkpoint_step(out: Path) -> str:
+    try:
+        meta = read_checkpoint_meta(out)
+        return f"checkpoint at step {meta['step']} of {meta['config'].get('steps', '?')}"
+    except (BmtptError, KeyError, TypeError, AttributeError):
+        return f"an unreadable {CHECKPOINT_FILE}"
+
+
+def prepare_run_dir(cfg: CommonConfig, resumable: bool = False) -> Path:
+    """Create the run folder after `check_run_dir`'s checks; with --overwrite remove the old results.
+
+    Only our own result files (and the checkpoint) are removed; anything else the user put there
+    stays. Stages that cannot resume (resumable=False) refuse --resume.
+    """
+    if getattr(cfg, "resume", False) and not resumable:
+        raise BmtptError("this command cannot resume a run; start it without --resume")
+    out = check_run_dir(cfg)
+    if cfg.overwrite:
+        for f in (*RESULT_FILES, CHECKPOINT_FILE):
+            (out / f).unlink(missing_ok=True)
+        if (out / "checkpoints").is_dir():
+            shutil.rmtree(out / "checkpoints")
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    return out
+
+
+def saved_options(out: str | Path, command: str) -> dict:
+    """The options of the run in `out` (its config.yaml, else its checkpoint's copy), for --resume.
+
+    The run-control flags (resume, overwrite) are left out: they belong to this invocation.
+    """
+    out = Path(out).expanduser()
+    path = out / "config.yaml"
+    if path.is_file():
+        try:
+            saved = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise BmtptError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+        if not isinstance(saved, dict):
+            raise BmtptError(f"{path} does not hold a run's options")
+    elif (out / CHECKPOINT_FILE).is_file():
+        meta = read_checkpoint_meta(out)
+        saved = {"command": meta.get("kind"), **meta.get("config", {})}
+    else:
+        raise BmtptError(f"{out} holds no checkpoint to resume from ({CHECKPOINT_FILE}; a run writes one every "
+                         "--checkpoint-every steps): start the run without --resume")
+    ran = saved.pop("command", command)
+    if ran != command:
+        raise BmtptError(f"{out} is a `bmtpt {ran}` run; resume it with `bmtpt {ran} --resume --out {out}`")
+    return {k: v for k, v in saved.items() if k not in ("resume", "overwrite")}
+
+
 def save_config(out: Path, command: str, cfg: CommonConfig) -> None:
-    """config.yaml: the exact options of the run (re-runnable with --config)."""
-    (out / "config.yaml").write_text(yaml.safe_dump({"command": command, **cfg.to_dict()}, sort_keys=False))
+    """config.yaml: the exact options of the run (re-runnable with --config), written atomically."""
+    text = yaml.safe_dump({"command": command, **cfg.to_dict()}, sort_keys=False)
+    atomic_write_bytes(text.encode(), out / "config.yaml")
+
+
+def load_model(cfg: CommonConfig, device: str):
+    """(model, tokenizer) of cfg.model; with --no-progress transformers' own loading bar stays off too,
+    so that a run's stderr holds nothing but real messages."""
+    from transformers.utils import logging as hf_logging
+
+    from .backbone import load_backbone
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if not cfg.progress:
+        hf_logging.disable_progress_bar()
+    try:
+        return load_backbone(cfg.model, cfg.trust_remote_code, device=device)
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def seed_everything(seed: int) -> None:
@@ -79,26 +173,52 @@ def check_data_dir(data_dir: str | None) -> None:
 
 
 def load_split(task: Task, split: str, cfg: CommonConfig, limit: int | None = None) -> list[Example]:
-    """A task's split, optionally subsampled (seeded) to `limit` examples."""
+    """A task's split, optionally subsampled (seeded) to `limit` examples; never empty."""
     examples = task.load(split, cfg.data_dir, cfg.seed)
     if limit is not None and len(examples) > limit:
         rng = random.Random(cfg.seed * 7919 + len(examples))
         examples = [examples[i] for i in sorted(rng.sample(range(len(examples)), limit))]
+    if not examples:  # Task.load refuses empty splits; this guards loaders and limits that filter further
+        raise BmtptError(f"task {task.name}: no {split} examples left" + (f" (data folder {cfg.data_dir})"
+                                                                           if cfg.data_dir else ""))
     return examples
 
 
 class JsonlLog:
-    """Append-only metrics log (one JSON object a line), flushed on every write."""
+    """Append-only metrics log (one JSON object a line), flushed on every write.
 
-    def __init__(self, path: Path):
+    A checkpoint stores `position()` (the byte size after its step's records) and `elapsed()`; a
+    resumed run cuts the file back to that position, so steps logged after the checkpoint by the
+    killed process are not duplicated, and continues the clock from `elapsed`.
+    """
+
+    def __init__(self, path: Path, elapsed: float = 0.0):
         self.path = path
-        self.t0 = time.time()
+        self.t0 = time.time() - elapsed
 
     def write(self, **record) -> None:
         """Append one record with the elapsed seconds."""
         record = {"time_s": round(time.time() - self.t0, 3), **record}
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=float) + "\n")
+
+    def position(self) -> int:
+        """Bytes written so far (0 when the file does not exist yet)."""
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def elapsed(self) -> float:
+        """Seconds since the run started, counting the time before a resume."""
+        return time.time() - self.t0
+
+    def truncate(self, position: int) -> None:
+        """Cut the log back to `position` bytes (a checkpoint's); refuse a log shorter than that."""
+        if self.position() < position:
+            raise BmtptError(f"{self.path} is shorter than when the checkpoint was written ({self.position()} < "
+                             f"{position} bytes): it was edited or replaced, so the run cannot resume consistently")
+        if not self.path.exists():
+            return
+        with self.path.open("r+b") as f:
+            f.truncate(position)
 
 
 def to_float_dict(d: dict) -> dict:

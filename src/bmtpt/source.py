@@ -10,6 +10,9 @@ how many of each task's examples a step sees, not the objective's task weights.
 Each step: one batched forward/backward over (particle, example) rows gives every particle's score
 s_m = grad log p(theta_m | sources); `bmtpt.svgd` turns the scores into phi; the optimiser takes
 -phi as the gradient (phi is an ascent direction).
+
+Every --checkpoint-every steps (and at the end) the whole run state goes to checkpoint.safetensors
+(`bmtpt.checkpoint`); --resume continues from it and ends with the particles an uninterrupted run has.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import __version__
-from .backbone import load_backbone
+from .checkpoint import Checkpoint, check_resume_options, load_checkpoint, save_checkpoint
 from .config import SourceConfig, parse_likelihood_scale
 from .data import Batch, EpochSampler, collate, encode_examples
 from .errors import BmtptError
@@ -32,6 +35,8 @@ from .prompts import init_prompts, save_posterior
 from .runs import (
     JsonlLog,
     check_data_dir,
+    check_run_dir,
+    load_model,
     load_split,
     make_optimizer,
     prepare_run_dir,
@@ -119,7 +124,9 @@ def _select(batch: Batch, rows: Tensor) -> Batch:
 def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     """Train M particles on the source tasks and write particles.safetensors + posterior.json to cfg.out.
 
-    Pass `model`/`tokenizer` to reuse an already loaded backbone (cfg.model then only names it).
+    Pass `model`/`tokenizer` to reuse an already loaded backbone (cfg.model then only names it). With
+    cfg.resume the run continues from cfg.out's checkpoint and ends exactly as if never interrupted.
+    Every input is checked (and the backbone and data loaded) before the run folder is touched.
     """
     cfg.validate()
     tasks = parse_task_list(cfg.tasks)
@@ -129,19 +136,20 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     if independent and cfg.particles != len(tasks):
         raise BmtptError(f"--method independent trains one prompt per task: --particles must be {len(tasks)}")
     device = resolve_device(cfg.device)
-    out = prepare_run_dir(cfg)
-    save_config(out, "source", cfg)
+    check_run_dir(cfg)
+    ckpt = load_checkpoint(cfg.out, "source") if cfg.resume else None
+    if ckpt is not None:
+        check_resume_options(ckpt.config, cfg.to_dict(), cfg.out)
     seed_everything(cfg.seed)
+    train = [load_split(task, "train", cfg, cfg.max_train_examples) for task in tasks]  # data errors before the model
     if model is None:
-        model, tokenizer = load_backbone(cfg.model, cfg.trust_remote_code, device=device)
+        model, tokenizer = load_model(cfg, device)
     pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens)
 
-    encoded, samplers = [], []
-    for k, task in enumerate(tasks):  # tokenise each data set once; steps only cut batches from the ids
-        examples = load_split(task, "train", cfg, cfg.max_train_examples)
-        encoded.append(encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens,
-                                       cfg.max_target_tokens))
-        samplers.append(EpochSampler(len(examples), cfg.seed * 1000 + k))
+    # tokenise each data set once; steps only cut batches from the ids
+    encoded = [encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens, cfg.max_target_tokens)
+               for examples in train]
+    samplers = [EpochSampler(len(examples), cfg.seed * 1000 + k) for k, examples in enumerate(train)]
     sizes = [len(e) for e in encoded]
     per_task = mixing_sizes(sizes, cfg.batch_size, cfg.mixing, cfg.mixing_temperature)
     weights = torch.tensor([float(n) if scale == "dataset" else (1.0 if scale == "mean" else scale) for n in sizes])
@@ -149,13 +157,27 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     particles = init_prompts(model, tokenizer, cfg.particles, cfg.prompt_length, cfg.init, cfg.seed).to(device)
     particles = torch.nn.Parameter(particles)
     opt = make_optimizer([{"params": [particles], "lr": cfg.lr}], cfg.optimizer, cfg.weight_decay)
-    log = JsonlLog(out / "metrics.jsonl")
     groups = torch.tensor([k for k, n in enumerate(per_task) for _ in range(n)], device=device)
     names = [t.name for t in tasks]
     bandwidth = cfg.bandwidth or 1.0
     rows_per_step = len(groups) * (1 if independent else cfg.particles)
 
-    bar = tqdm(range(1, cfg.steps + 1), desc=f"source ({cfg.method}, M={cfg.particles})", disable=not cfg.progress)
+    out = prepare_run_dir(cfg, resumable=True)
+    log = JsonlLog(out / "metrics.jsonl")
+    start, last_saved = 1, None
+    if ckpt is None:
+        save_config(out, "source", cfg)
+    else:  # the resumed run keeps the interrupted run's config.yaml
+        log, bandwidth = _restore(ckpt, particles, opt, samplers, sizes, log)
+        start, last_saved = ckpt.step + 1, ckpt.step
+
+    def nonfinite(step: int, what: str, on: list[str]) -> BmtptError:
+        kept = f"the last good checkpoint (step {last_saved}) is kept in {out}" if last_saved else "no checkpoint yet"
+        return BmtptError(f"{what} became non-finite at step {step} on task{'s' * (len(on) > 1)} {', '.join(on)}; "
+                          f"{kept} (try a lower --lr)")
+
+    bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps,
+               desc=f"source ({cfg.method}, M={cfg.particles})", disable=not cfg.progress)
     for step in bar:
         ins, tgts = [], []
         for k, n in enumerate(per_task):
@@ -165,10 +187,11 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
         batch = collate(ins, tgts, pm.pad_id, pm.is_seq2seq)
         scores, losses = particle_scores(pm, particles, batch, groups, len(tasks), weights, cfg.prior_std,
                                          independent, cfg.particle_chunk)
-        if not torch.isfinite(losses).all() or not torch.isfinite(scores).all():
-            bad = [names[k] for k in range(len(tasks)) if not torch.isfinite(losses[:, k]).all()]
-            raise BmtptError(f"loss became non-finite at step {step} on task {', '.join(bad) or '?'}; "
-                             f"results in {out} are from before this step (try a lower --lr)")
+        bad = [names[k] for k in range(len(tasks)) if not torch.isfinite(losses[:, k]).all()]
+        if bad:
+            raise nonfinite(step, "the loss", bad)
+        if not torch.isfinite(scores).all():  # finite losses, overflowing gradient: every task contributes
+            raise nonfinite(step, "the gradient", names)
         if independent:
             phi, record = scores, {}
         else:
@@ -179,12 +202,20 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
         particles.grad = -phi.to(particles.dtype)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(particles).all():  # never let a non-finite prompt into a checkpoint
+            raise nonfinite(step, "the particles", names)
         mean_loss = losses.mean().item() if not independent else losses.sum(1).mean().item()
         bar.set_postfix(loss=f"{mean_loss:.4f}")
         if step % cfg.log_every == 0 or step == cfg.steps:
             task_loss = losses.mean(0) if not independent else losses.sum(0)
             log.write(step=step, loss=mean_loss, **{f"loss/{n}": float(v) for n, v in zip(names, task_loss)},
                       particle_loss=[round(float(x), 6) for x in losses.sum(1)], **record)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(out, "source", step, cfg.to_dict(), {"particles": particles},
+                            opt, {"samplers": [s.state_dict() for s in samplers], "train_sizes": sizes,
+                                  "bandwidth": bandwidth, "log_position": log.position(),
+                                  "elapsed_s": log.elapsed()})
+            last_saved = step
 
     info = {"backbone": cfg.model, "source_tasks": names, "method": cfg.method, "bandwidth": bandwidth,
             "library_version": __version__, "steps": cfg.steps, "batch_per_task": per_task,
@@ -193,8 +224,29 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     final = particles.detach().float().cpu()
     # The prior of the target stage uses the kernel width of the *final* particles.
     info["bandwidth"] = cfg.bandwidth or median_bandwidth(pairwise_sq_dists(final))
-    save_posterior(out, final, info)
+    save_posterior(out, final, info)  # posterior.json last: its presence marks the run complete
     return SourceResult(final, info, out)
+
+
+def _restore(ckpt: Checkpoint, particles: Tensor, opt: torch.optim.Optimizer, samplers: list[EpochSampler],
+             sizes: list[int], log: JsonlLog) -> tuple[JsonlLog, float]:
+    """Load a checkpoint into the freshly built run: particles, data position, log, optimiser, RNG."""
+    try:
+        saved = ckpt.tensors["particles"]
+        if ckpt.state["train_sizes"] != sizes or saved.shape != particles.shape:
+            raise BmtptError(f"cannot resume {log.path.parent}: the training data or the prompt shapes changed since "
+                             f"the checkpoint (train sizes {ckpt.state['train_sizes']} then, {sizes} now)")
+        with torch.no_grad():
+            particles.copy_(saved.to(particles.device))
+        for sampler, state in zip(samplers, ckpt.state["samplers"], strict=True):
+            sampler.load_state_dict(state)
+        log.truncate(ckpt.state["log_position"])
+        log = JsonlLog(log.path, elapsed=ckpt.state["elapsed_s"])
+        bandwidth = float(ckpt.state["bandwidth"])
+    except (KeyError, ValueError) as e:
+        raise BmtptError(f"checkpoint {ckpt.path} is incomplete ({type(e).__name__}: {e})") from e
+    ckpt.restore(opt)  # optimiser and RNG states last: nothing after this may draw random numbers
+    return log, bandwidth
 
 
 def _mean_norm(x: Tensor) -> float:

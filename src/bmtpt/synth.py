@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .tasks import Example, Task, register
+from .tasks import Example, OfficialSizes, Task, register
 
 VERBALIZERS = ("yes", "no")
 SPLIT_SIZES = {"train": 2000, "dev": 200, "test": 400}
@@ -257,4 +257,5 @@ def describe() -> str:
 for _s in _SPECS:
     register(Task(name=_s.name, loader=_loader(_s.name), metrics=("accuracy",), verbalizers=VERBALIZERS,
                   description=f"{_s.role} task: {_s.question} (synthetic '{_s.family}' sentences)",
-                  suite="synth", max_target_tokens=2))
+                  suite="synth", max_target_tokens=2, convention="generated",
+                  official=OfficialSizes(dict(SPLIT_SIZES))))

@@ -5,6 +5,9 @@
 p_hat is a kernel density over the source particles with the posterior's bandwidth (or an isotropic
 Gaussian at their mean with the same kernel width, variance h/2). theta_T = theta0 * (u v^T) when the
 rank-one factor is on; u and v start at ones, so training starts exactly at theta0.
+
+Every --checkpoint-every steps (and at the end) the run state, best-so-far dev prompt included, goes
+to checkpoint.safetensors (`bmtpt.checkpoint`); --resume continues from it as if never interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import __version__
-from .backbone import embedding_width, load_backbone
+from .backbone import embedding_width
+from .checkpoint import Checkpoint, check_resume_options, file_digest, load_checkpoint, save_checkpoint
 from .config import TargetConfig
 from .data import EpochSampler, batch_of, encode_examples
 from .errors import BmtptError
@@ -26,6 +30,8 @@ from .prompts import atomic_save_tensors, atomic_write_json, init_prompts, load_
 from .runs import (
     JsonlLog,
     check_data_dir,
+    check_run_dir,
+    load_model,
     load_split,
     make_optimizer,
     prepare_run_dir,
@@ -98,19 +104,32 @@ def evaluate_prompt(pm: PromptedModel, prompt: Tensor, task: Task, examples, cfg
 
 
 def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
-    """Train and evaluate a target prompt; write prompt.safetensors + target.json to cfg.out."""
+    """Train and evaluate a target prompt; write prompt.safetensors + target.json to cfg.out.
+
+    With cfg.resume the run continues from cfg.out's checkpoint and ends exactly as if never
+    interrupted. Every input is checked (and the backbone and data loaded) before the run folder is touched.
+    """
     cfg.validate()
     task = get_task(cfg.task)
     check_data_dir(cfg.data_dir)
     device = resolve_device(cfg.device)
-    particles, meta = (None, {})
+    particles, meta, digest = (None, {}, None)
     if cfg.posterior and cfg.method != "pt":
         particles, meta = load_posterior(cfg.posterior)
-    out = prepare_run_dir(cfg)
-    save_config(out, "target", cfg)
+        folder = Path(cfg.posterior).expanduser()  # the prior is the particles and posterior.json's bandwidth
+        digest = file_digest(folder / "particles.safetensors", folder / "posterior.json")
+    check_run_dir(cfg)
+    ckpt = load_checkpoint(cfg.out, "target") if cfg.resume else None
+    if ckpt is not None:
+        check_resume_options(ckpt.config, cfg.to_dict(), cfg.out)
+        if ckpt.state.get("posterior_sha256") != digest:
+            raise BmtptError(f"cannot resume {cfg.out}: the posterior in {cfg.posterior} changed since the run started")
     seed_everything(cfg.seed)
+    train = load_split(task, "train", cfg, cfg.max_train_examples)  # data errors before the slow model load
+    dev = load_split(task, "dev", cfg, cfg.max_eval_examples)
+    test = load_split(task, "test", cfg, cfg.max_eval_examples)
     if model is None:
-        model, tokenizer = load_backbone(cfg.model, cfg.trust_remote_code, device=device)
+        model, tokenizer = load_model(cfg, device)
     width = embedding_width(model)
     if particles is not None and particles.shape[2] != width:
         raise BmtptError(f"the posterior's prompts are {particles.shape[2]} wide but backbone {cfg.model} embeds "
@@ -129,20 +148,27 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     lam = cfg.prior_weight if cfg.method == "bmtpt" else 0.0
     prior = PriorTerm(particles.to(device), meta["bandwidth"], cfg.prior) if particles is not None and lam > 0 else None
 
-    train = load_split(task, "train", cfg, cfg.max_train_examples)
-    dev = load_split(task, "dev", cfg, cfg.max_eval_examples)
     enc = encode_examples(tokenizer, train, pm.is_seq2seq, cfg.max_input_tokens, cfg.max_target_tokens)
     sampler = EpochSampler(len(enc), cfg.seed)
-    log = JsonlLog(out / "metrics.jsonl")
 
     def current() -> Tensor:
         return effective_prompt(theta0, u, v)
 
-    best = {"step": 0, "dev": evaluate_prompt(pm, current(), task, dev, cfg)}
-    best_prompt = current().detach().clone()
-    best_state = _params(theta0, u, v)
-    log.write(step=0, **{f"dev/{k}": v_ for k, v_ in best["dev"].items()})
-    bar = tqdm(range(1, cfg.steps + 1), desc=f"target {task.name} ({cfg.method})", disable=not cfg.progress)
+    out = prepare_run_dir(cfg, resumable=True)
+    log = JsonlLog(out / "metrics.jsonl")
+    start, last_saved = 1, None
+    if ckpt is None:
+        save_config(out, "target", cfg)
+        best = {"step": 0, "dev": evaluate_prompt(pm, current(), task, dev, cfg)}
+        best_prompt = current().detach().clone()
+        best_state = _params(theta0, u, v)
+        log.write(step=0, **{f"dev/{k}": v_ for k, v_ in best["dev"].items()})
+    else:  # the resumed run keeps the interrupted run's config.yaml
+        best, best_prompt, best_state, log = _restore(ckpt, theta0, u, v, opt, sampler, len(enc), log, out)
+        start, last_saved = ckpt.step + 1, ckpt.step
+
+    bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps,
+               desc=f"target {task.name} ({cfg.method})", disable=not cfg.progress)
     for step in bar:
         batch = batch_of(enc, sampler.take(cfg.batch_size), pm.pad_id, pm.is_seq2seq)
         theta = current()
@@ -151,10 +177,15 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         log_prior = prior(theta) if prior is not None else torch.zeros((), device=device)
         loss = nll_mean - lam * log_prior
         if not torch.isfinite(loss):
-            raise BmtptError(f"loss became non-finite at step {step} on task {task.name} (try a lower --lr)")
+            raise _nonfinite("the loss", step, task.name, out, last_saved)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        params = [p for g in groups for p in g["params"]]
+        if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+            raise _nonfinite("the gradient", step, task.name, out, last_saved)
         opt.step()
+        if not all(torch.isfinite(p).all() for p in params):  # never let a non-finite prompt into a checkpoint
+            raise _nonfinite("the prompt", step, task.name, out, last_saved)
         bar.set_postfix(nll=f"{nll_mean.item():.4f}")
         if step % cfg.log_every == 0:
             log.write(step=step, nll=nll_mean.item(), log_prior=log_prior.item(), loss=loss.item())
@@ -164,20 +195,59 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
             if dev_m["score"] > best["dev"]["score"]:
                 best = {"step": step, "dev": dev_m}
                 best_prompt, best_state = current().detach().clone(), _params(theta0, u, v)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            tensors = {**{f"param/{k}": t for k, t in _params(theta0, u, v).items()}, "best/prompt": best_prompt,
+                       **{f"best/{k}": t for k, t in best_state.items()}}
+            save_checkpoint(out, "target", step, cfg.to_dict(), tensors, opt,
+                            {"sampler": sampler.state_dict(), "train_size": len(enc), "best": best,
+                             "posterior_sha256": digest, "log_position": log.position(), "elapsed_s": log.elapsed()})
+            last_saved = step
 
-    test = load_split(task, "test", cfg, cfg.max_eval_examples)
     test_m = evaluate_prompt(pm, best_prompt, task, test, cfg)
     metrics = {"dev": best["dev"], "test": test_m, "best_step": best["step"]}
+    log.write(step=cfg.steps, **{f"test/{k}": v_ for k, v_ in test_m.items()}, best_step=best["step"])
     tensors = {"prompt": best_prompt, **best_state}
     atomic_save_tensors(tensors, out / "prompt.safetensors")
+    # target.json last: its presence marks the run complete
     atomic_write_json({"format": TARGET_FORMAT, "library_version": __version__, "backbone": cfg.model,
                        "task": task.name, "method": cfg.method, "posterior": cfg.posterior,
                        "source_tasks": meta.get("source_tasks"), "prompt_length": best_prompt.shape[0],
                        "embed_dim": best_prompt.shape[1], "prior_weight": lam,
                        "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
                        "metrics": metrics, "hyperparameters": cfg.to_dict()}, out / "target.json")
-    log.write(step=cfg.steps, **{f"test/{k}": v_ for k, v_ in test_m.items()}, best_step=best["step"])
     return TargetResult(best_prompt.cpu(), metrics, out)
+
+
+def _nonfinite(what: str, step: int, task: str, out: Path, last_saved: int | None) -> BmtptError:
+    kept = f"the last good checkpoint (step {last_saved}) is kept in {out}" if last_saved else "no checkpoint yet"
+    return BmtptError(f"{what} became non-finite at step {step} on task {task}; {kept} (try a lower --lr)")
+
+
+def _restore(ckpt: Checkpoint, theta0: Tensor, u: Tensor | None, v: Tensor | None, opt: torch.optim.Optimizer,
+             sampler: EpochSampler, train_size: int, log: JsonlLog, out: Path
+             ) -> tuple[dict, Tensor, dict[str, Tensor], JsonlLog]:
+    """Load a checkpoint into the freshly built run: parameters, best-so-far, data position, log, optimiser, RNG."""
+    try:
+        params = {"theta0": theta0, "u": u, "v": v}
+        saved = {k[len("param/"):]: t for k, t in ckpt.tensors.items() if k.startswith("param/")}
+        if set(saved) != {k for k, p in params.items() if p is not None} or saved["theta0"].shape != theta0.shape \
+                or ckpt.state["train_size"] != train_size:
+            raise BmtptError(f"cannot resume {out}: the prompt shapes or the training data changed since the "
+                             "checkpoint")
+        with torch.no_grad():
+            for k, t in saved.items():
+                params[k].copy_(t.to(theta0.device))
+        best_state = {k[len("best/"):]: t.to(theta0.device) for k, t in ckpt.tensors.items()
+                      if k.startswith("best/") and k != "best/prompt"}
+        best_prompt = ckpt.tensors["best/prompt"].to(theta0.device)
+        sampler.load_state_dict(ckpt.state["sampler"])
+        log.truncate(ckpt.state["log_position"])
+        log = JsonlLog(log.path, elapsed=ckpt.state["elapsed_s"])
+        best = ckpt.state["best"]
+    except KeyError as e:
+        raise BmtptError(f"checkpoint {ckpt.path} is incomplete (no {e})") from e
+    ckpt.restore(opt)  # optimiser and RNG states last: nothing after this may draw random numbers
+    return best, best_prompt, best_state, log
 
 
 def _params(theta0: Tensor, u: Tensor | None, v: Tensor | None) -> dict[str, Tensor]:

@@ -16,6 +16,7 @@ from ..errors import BmtptError
 from ..tasks import Example, Task, register
 from . import readers
 from .readers import Row, label_word, make_input
+from .sizes import OFFICIAL
 from .splits import make_loader
 
 HUB_PATH = "nyu-mll/glue"
@@ -110,6 +111,7 @@ def make_task(spec: GlueSpec) -> Task:
         max_target_tokens=8 if not spec.verbalizers else 16,
         postprocess=None if spec.verbalizers else parse_score,
         metric_kwargs={"f1": {"positive": spec.positive}} if spec.positive else {},
+        official=OFFICIAL.get(spec.name),
     )
 
 

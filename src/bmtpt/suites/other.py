@@ -23,6 +23,7 @@ from pathlib import Path
 from ..tasks import Example, Task, register
 from . import readers
 from .readers import Row, label_word, make_input
+from .sizes import OFFICIAL
 from .splits import make_loader
 
 Loader = Callable[[str, str | None, int], list[Example]]
@@ -125,7 +126,7 @@ def _paws_hub(orig: str) -> list[Example]:
 
 def _task(name: str, loader: Loader, verbalizers: tuple[str, ...], description: str) -> Task:
     return register(Task(name=name, loader=loader, verbalizers=verbalizers, description=description,
-                         suite="other"))
+                         suite="other", official=OFFICIAL.get(name)))
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (

@@ -24,6 +24,7 @@ from ..errors import BmtptError
 from ..tasks import Example, Task, register
 from . import readers
 from .readers import Row, make_input
+from .sizes import OFFICIAL
 from .splits import make_loader
 
 MAX_TARGET_TOKENS = 32
@@ -147,7 +148,7 @@ def _mrqa_loader(task: str, subset: str) -> Callable[[str, str | None, int], lis
 def _task(name: str, loader, suite: str, description: str) -> Task:
     return register(Task(name=name, loader=loader, metrics=("squad_exact_match", "squad_f1"),
                          verbalizers=None, description=description, suite=suite,
-                         max_target_tokens=MAX_TARGET_TOKENS))
+                         max_target_tokens=MAX_TARGET_TOKENS, official=OFFICIAL.get(name)))
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (

@@ -60,11 +60,15 @@ def make_input(prefix: str, fields: Sequence[tuple[str, str]]) -> str:
     return " ".join([prefix, *(f"{name}: {text}" for name, text in fields)])
 
 
+class MissingDataFile(BmtptError):
+    """A data file a local loader expects is not there (`bmtpt tasks --data-dir` reports it as 'missing')."""
+
+
 def require(path: Path) -> Path:
-    """`path` if it is a file; otherwise a BmtptError naming the expected path."""
+    """`path` if it is a file; otherwise a MissingDataFile (a BmtptError) naming the expected path."""
     if not path.is_file():
-        raise BmtptError(f"data file not found: {path} (expected by the task's local loader; pass a "
-                         "--data-dir holding the official files, or no data dir to use the hub)")
+        raise MissingDataFile(f"data file not found: {path} (expected by the task's local loader; pass a "
+                              "--data-dir holding the official files, or no data dir to use the hub)")
     return path
 
 

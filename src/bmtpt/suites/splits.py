@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -83,6 +83,27 @@ def mnli_split(split: str, fetch: Fetch) -> list[Example]:
     return fetch({"train": "train", "dev": "validation_mismatched", "test": "validation_matched"}[split])
 
 
+def split_sizes(convention: str, original: Mapping[str, int]) -> dict[str, int]:
+    """The train/dev/test sizes that `convention` cuts from original splits of the given sizes, exactly as
+    `small_split` / `large_split` / `mnli_split` cut them.
+
+    small: dev = floor(validation / 2) (the smaller half), test = the rest; large: dev = min(1,000, train),
+    train = the rest, test = validation; mnli: dev = validation_mismatched, test = validation_matched.
+    (MultiRC halves by question, so its dev/test sizes depend on the answers per question: see
+    `OfficialSizes.cut`.)
+    """
+    if convention == "small":
+        val = original["validation"]
+        return {"train": original["train"], "dev": val // 2, "test": val - val // 2}
+    if convention == "large":
+        dev = min(LARGE_DEV_SIZE, original["train"])
+        return {"train": original["train"] - dev, "dev": dev, "test": original["validation"]}
+    if convention == "mnli":
+        return {"train": original["train"], "dev": original["validation_mismatched"],
+                "test": original["validation_matched"]}
+    raise ValueError(f"unknown split convention {convention!r}")
+
+
 def make_loader(local: Callable[[Path, str], list[Example]], hub: Fetch, convention: str,
                 key: Callable[[Example], Hashable] | None = None
                 ) -> Callable[[str, str | None, int], list[Example]]:
@@ -105,6 +126,7 @@ def make_loader(local: Callable[[Path, str], list[Example]], hub: Fetch, convent
             return large_split(split, fetch)
         return mnli_split(split, fetch)
 
+    loader.convention = convention  # type: ignore[attr-defined]  # read by Task (the table of `bmtpt tasks`)
     return loader
 
 

@@ -17,10 +17,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ..metrics import QuestionLabel
 from ..tasks import Example, Task, register
 from . import readers
 from .readers import Row, label_word, make_input
+from .sizes import OFFICIAL
 from .splits import make_loader
 
 HUB_PATH = "aps/super_glue"
@@ -88,6 +88,8 @@ _TAGS = re.compile(r"<[^>]+>")  # some MultiRC copies carry <b>Sent 1: </b> ... 
 
 
 def _multirc_example(paragraph: str, question: str, answer: str, label: str, qid: str) -> Example:
+    from ..metrics import QuestionLabel  # lazy: listing tasks should not import numpy/scipy/sklearn
+
     text = make_input("multirc", [("question", question), ("answer", answer), ("paragraph", paragraph)])
     return Example(text, label, reference=QuestionLabel(label, qid), meta={"question_id": qid})
 
@@ -119,7 +121,8 @@ def _question_id(ex: Example) -> str:
 def _task(name: str, loader, verbalizers: tuple[str, ...], description: str,
           metrics: tuple[str, ...] = ("accuracy",), metric_kwargs: dict | None = None) -> Task:
     return register(Task(name=name, loader=loader, metrics=metrics, verbalizers=verbalizers,
-                         description=description, suite="superglue", metric_kwargs=metric_kwargs or {}))
+                         description=description, suite="superglue", metric_kwargs=metric_kwargs or {},
+                         official=OFFICIAL.get(name)))
 
 
 _NLI3 = ("entailment", "contradiction", "neutral")  # CB's hub index order

@@ -1,0 +1,201 @@
+"""Baselines that need code of their own: MPT's multi-task source stage and SPoT's prompt retrieval.
+
+The other baselines are settings of the two stages: prompt tuning (`run_target --method pt`) and the
+averaged per-task prompts (`run_source --method independent`, then `run_target --method avg`).
+
+- MPT (Wang et al. 2023; PEFT's `MULTITASK_PROMPT_TUNING`, without the distillation step): task k's
+  prompt is P* o (u_k v_k^T), a shared prompt P* (l, d) times a rank-one task factor, trained on all
+  sources at once. The result is written as a posterior folder with ONE particle, P*, so that
+  `run_target --method avg --rank-one` starts the target from P* with a fresh rank-one factor.
+- SPoT (Vu et al. 2022): train a target prompt briefly from scratch (the "probe"), then start the
+  target run from the source prompt most cosine-similar to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import __version__
+from .backbone import load_backbone
+from .config import SourceConfig, TargetConfig, opt
+from .data import EpochSampler, batch_of, collate, encode_examples
+from .errors import BmtptError
+from .prompted import PromptedModel, mean_loss_by_group
+from .prompts import atomic_save_tensors, init_prompts, save_posterior
+from .runs import (
+    JsonlLog,
+    check_data_dir,
+    load_split,
+    make_optimizer,
+    prepare_run_dir,
+    resolve_device,
+    save_config,
+    seed_everything,
+)
+from .source import SourceResult, mixing_sizes
+from .tasks import get_task, parse_task_list
+
+MPT_FACTORS_FILE = "mpt_factors.safetensors"
+# The SPoT probe draws its vocab init from its own seed stream: with the run's seed it would start
+# from exactly the rows of source prompt 0 (init_prompts draws prompt 0 first), and cosine similarity
+# would then mostly measure the shared starting point.
+PROBE_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class MptConfig(SourceConfig):
+    """Source stage of the MPT baseline: a shared prompt with rank-one multiplicative task factors."""
+
+    method: str = opt("mpt", "always mpt (the shared prompt is written as the posterior's single particle)")
+    particles: int = opt(1, "always 1: the shared prompt")
+    lr_factor: float = opt(0.01, "learning rate of the task factors u_k, v_k")
+    factor_init: str = opt("ones", "task factors start at ones (task prompts start at P*, as the target's "
+                           "rank-one factor does) or N(0, 0.02) as in PEFT", ("ones", "normal"))
+
+    def validate(self) -> None:
+        """Raise BmtptError on values that cannot work."""
+        super().validate()
+        if not self.lr_factor > 0:
+            raise BmtptError(f"mpt lr_factor must be positive, got {self.lr_factor}")
+        if self.factor_init not in ("ones", "normal"):
+            raise BmtptError(f"mpt factor_init must be ones or normal, got {self.factor_init!r}")
+
+
+def task_prompts(shared: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """(K, l, d) task prompts P* o (u_k v_k^T) from the shared prompt (l, d) and factors u (K, l), v (K, d)."""
+    return shared[None] * (u[:, :, None] * v[:, None, :])
+
+
+def mpt_trainable_parameters(length: int, width: int, num_tasks: int) -> int:
+    """Parameters the MPT source stage trains: the shared prompt plus a rank-one factor per task."""
+    return length * width + num_tasks * (length + width)
+
+
+def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult:
+    """Train MPT's shared prompt and task factors on all sources; write a 1-particle posterior to cfg.out.
+
+    The objective is the token-mean NLL over each mixed batch (multi-task training on the concatenated
+    data sets, --mixing deciding each task's share of a batch); every row uses its own task's prompt.
+    """
+    cfg.validate()
+    tasks = parse_task_list(cfg.tasks)
+    check_data_dir(cfg.data_dir)
+    device = resolve_device(cfg.device)
+    out = prepare_run_dir(cfg)
+    save_config(out, "mpt-source", cfg)
+    seed_everything(cfg.seed)
+    if model is None:
+        model, tokenizer = load_backbone(cfg.model, cfg.trust_remote_code, device=device)
+    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens)
+
+    encoded, samplers = [], []
+    for k, task in enumerate(tasks):  # the same data pipeline as the SVGD source stage
+        examples = load_split(task, "train", cfg, cfg.max_train_examples)
+        encoded.append(encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens,
+                                       cfg.max_target_tokens))
+        samplers.append(EpochSampler(len(examples), cfg.seed * 1000 + k))
+    sizes = [len(e) for e in encoded]
+    per_task = mixing_sizes(sizes, cfg.batch_size, cfg.mixing, cfg.mixing_temperature)
+    num = len(tasks)
+
+    shared = init_prompts(model, tokenizer, 1, cfg.prompt_length, cfg.init, cfg.seed)[0]
+    shared = torch.nn.Parameter(shared.to(pm.device))
+    length, width = shared.shape
+    if cfg.factor_init == "ones":
+        u0, v0 = torch.ones(num, length), torch.ones(num, width)
+    else:
+        g = torch.Generator().manual_seed(cfg.seed)
+        u0, v0 = torch.randn(num, length, generator=g) * 0.02, torch.randn(num, width, generator=g) * 0.02
+    u, v = torch.nn.Parameter(u0.to(pm.device)), torch.nn.Parameter(v0.to(pm.device))
+    opt_ = make_optimizer([{"params": [shared], "lr": cfg.lr}, {"params": [u, v], "lr": cfg.lr_factor}],
+                          cfg.optimizer, cfg.weight_decay)
+    groups = torch.tensor([k for k, n in enumerate(per_task) for _ in range(n)], device=pm.device)
+    names = [t.name for t in tasks]
+    log = JsonlLog(out / "metrics.jsonl")
+    for step in range(1, cfg.steps + 1):
+        ins, tgts = [], []
+        for k, n in enumerate(per_task):
+            for i in samplers[k].take(n):
+                ins.append(encoded[k].inputs[i])
+                tgts.append(encoded[k].targets[i])
+        batch = collate(ins, tgts, pm.pad_id, pm.is_seq2seq)
+        nll, ntok = pm.example_nll(task_prompts(shared, u, v), batch, prompt_index=groups)
+        loss = nll.sum() / ntok.sum().clamp_min(1)
+        if not torch.isfinite(loss):
+            raise BmtptError(f"loss became non-finite at step {step} of the MPT source stage (try a lower lr)")
+        opt_.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_.step()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            per = mean_loss_by_group(nll.detach(), ntok, groups, num)
+            # particle_loss has the SVGD stage's meaning (the one particle's summed task losses), so the
+            # same plots read both folders
+            log.write(step=step, loss=loss.item(), **{f"loss/{n}": float(x) for n, x in zip(names, per)},
+                      particle_loss=[round(float(per.sum()), 6)])
+
+    final = shared.detach().float().cpu()
+    atomic_save_tensors({"shared_prompt": final, "task_cols": u.detach().float(), "task_rows": v.detach().float()},
+                        out / MPT_FACTORS_FILE)
+    info = {"backbone": cfg.model, "source_tasks": names, "method": "mpt",
+            # one particle has no kernel width; the target stage needs one only for its prior (off for mpt)
+            "bandwidth": 1.0, "library_version": __version__, "steps": cfg.steps, "batch_per_task": per_task,
+            "train_sizes": sizes, "compute": {"example_passes": sum(per_task) * cfg.steps},
+            "trainable_parameters": mpt_trainable_parameters(length, width, num), "task_factors": MPT_FACTORS_FILE,
+            "hyperparameters": cfg.to_dict()}
+    save_posterior(out, final[None], info)
+    return SourceResult(final[None], info, out)
+
+
+# ----------------------------------------------------------------------------- SPoT
+def spot_similarities(sources: Tensor, target: Tensor, pool: str = "flat") -> Tensor:
+    """Cosine similarity of each source prompt (K, l, d) with the target prompt (l, d), shape (K,).
+
+    `flat` compares the flattened prompts; `mean` their average token vectors (SPoT's pooled variant).
+    """
+    sources, target = sources.double(), target.double()  # pooling in float32 would cost ~1e-7
+    if pool == "flat":
+        s, t = sources.reshape(sources.shape[0], -1), target.reshape(1, -1)
+    elif pool == "mean":
+        s, t = sources.mean(1), target.mean(0, keepdim=True)
+    else:
+        raise BmtptError(f"unknown spot pool {pool!r} (flat or mean)")
+    return F.cosine_similarity(s, t.expand_as(s), dim=1)
+
+
+def spot_select(sources: Tensor, target: Tensor, pool: str = "flat") -> tuple[int, Tensor]:
+    """Index of the source prompt most cosine-similar to the target prompt, and all similarities."""
+    sims = spot_similarities(sources, target, pool)
+    return int(sims.argmax()), sims
+
+
+def train_probe(cfg: TargetConfig, steps: int, length: int, model, tokenizer) -> tuple[Tensor, int]:
+    """SPoT's brief prompt tuning on the target: `steps` steps from a vocab init, no evaluation.
+
+    Uses the target run's own training examples (same task, seed, cap and k-shot set) and its optimiser
+    settings. Returns the prompt (length, d) and the example passes it cost.
+    """
+    if steps <= 0:
+        raise BmtptError(f"spot steps must be positive, got {steps}")
+    task = get_task(cfg.task)
+    seed_everything(cfg.seed)
+    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens)
+    examples = load_split(task, "train", cfg, cfg.max_train_examples)
+    enc = encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens, cfg.max_target_tokens)
+    sampler = EpochSampler(len(enc), cfg.seed)
+    init = init_prompts(model, tokenizer, 1, length, "vocab", cfg.seed + PROBE_SEED_OFFSET)[0]
+    prompt = torch.nn.Parameter(init.to(pm.device))
+    opt_ = make_optimizer([{"params": [prompt], "lr": cfg.lr}], cfg.optimizer, cfg.weight_decay)
+    for step in range(1, steps + 1):
+        batch = batch_of(enc, sampler.take(cfg.batch_size), pm.pad_id, pm.is_seq2seq)
+        nll, ntok = pm.example_nll(prompt[None], batch)
+        loss = nll.sum() / ntok.sum().clamp_min(1)
+        if not torch.isfinite(loss):
+            raise BmtptError(f"loss became non-finite at step {step} of the SPoT probe on {task.name}")
+        opt_.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_.step()
+    return prompt.detach().float().cpu(), steps * cfg.batch_size

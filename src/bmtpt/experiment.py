@@ -1,0 +1,185 @@
+"""`bmtpt experiment CONFIG.yaml`: methods x target tasks x seeds (x few-shot k) in one resumable runner.
+
+A *cell* is one (method, target task, seed, shots) target run. Source stages are shared: every cell
+whose method needs the same source configuration (same kind, hyperparameters and seed) reuses one
+stage folder under `sources/`, named by a hash of that configuration, and a stage with a
+posterior.json is never trained again. Finished cells are appended to `results.jsonl`, one JSON
+line each, together with a hash of the cell's configuration: a rerun skips every cell whose key and
+hash are recorded, and a cell killed half-way is simply run again (its folder is overwritten).
+`results.md` and the PNG plots are rendered from results.jsonl (`--render-only` does only that).
+The YAML schema is parsed in `bmtpt.expconfig` and documented in configs/README.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .baselines import spot_select, train_mpt_source, train_probe
+from .errors import BmtptError
+from .expconfig import Cell, ExperimentConfig, Plan, Stage, load_experiment, plan_experiment
+from .prompts import atomic_save_tensors, atomic_write_json, load_posterior
+from .source import run_source
+from .target import run_target
+
+__all__ = ["ExperimentConfig", "ExperimentResult", "append_record", "read_records", "run_experiment"]
+
+
+@dataclass
+class ExperimentResult:
+    """The grid's output folder, the records of its cells (in grid order) and what this call ran."""
+
+    out: Path
+    records: list[dict]
+    ran: int
+    skipped: int
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of results.jsonl in file order; a torn last line (a killed write) is ignored."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "key" in rec:
+            out.append(rec)
+    return out
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Append one record as one line, flushed and fsynced before returning.
+
+    A process killed mid-write leaves at most a torn last line: it is skipped by `read_records`, and
+    the next append starts on a fresh line so it cannot glue itself onto the torn one.
+    """
+    data = (json.dumps(record, default=float) + "\n").encode()
+    with path.open("ab") as f:
+        if f.tell() > 0:
+            with path.open("rb") as r:
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b"\n":
+                    data = b"\n" + data
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def current_records(plan: Plan, records: list[dict]) -> list[dict]:
+    """For each cell of the grid, its latest record made with the cell's current configuration."""
+    latest = {(r["key"], r.get("config_hash")): r for r in records}
+    return [latest[(c.key, c.config_hash)] for c in plan.cells if (c.key, c.config_hash) in latest]
+
+
+class _Backbone:
+    """Loads the backbone on first use only, once per process (a fully finished grid never loads it)."""
+
+    def __init__(self, exp: ExperimentConfig, model=None, tokenizer=None):
+        self.exp, self.model, self.tokenizer = exp, model, tokenizer
+
+    def __call__(self):
+        if self.model is None:
+            from .backbone import load_backbone
+            from .runs import resolve_device
+
+            self.model, self.tokenizer = load_backbone(self.exp.model, self.exp.trust_remote_code,
+                                                       device=resolve_device(self.exp.device))
+        return self.model, self.tokenizer
+
+
+def ensure_stage(stage: Stage, backbone: Callable, cache: dict) -> tuple:
+    """(particles, posterior meta) of a source stage, training it unless its folder already holds it."""
+    if stage.key in cache:
+        return cache[stage.key]
+    folder = Path(stage.cfg.out)
+    if (folder / "posterior.json").is_file():
+        try:
+            cache[stage.key] = load_posterior(folder)
+            return cache[stage.key]
+        except BmtptError:
+            pass  # a damaged stage is trained again (its folder is overwritten)
+    model, tokenizer = backbone()
+    (train_mpt_source if stage.kind == "mpt" else run_source)(stage.cfg, model, tokenizer)
+    cache[stage.key] = load_posterior(folder)
+    return cache[stage.key]
+
+
+def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
+    """Run one cell (its source stage if needed, SPoT's probe, the target run) and return its record."""
+    particles, meta = ensure_stage(cell.stage, backbone, cache) if cell.stage else (None, {})
+    model, tokenizer = backbone()
+    cfg = dataclasses.replace(cell.target)
+    spot, probe_passes, probe = None, 0, None
+    if cell.base == "spot":
+        probe, probe_passes = train_probe(cfg, cell.spot["steps"], particles.shape[1], model, tokenizer)
+        k, sims = spot_select(particles, probe, cell.spot["pool"])
+        cfg.init = f"particle:{k}"
+        names = meta.get("source_tasks", [])
+        spot = {"chosen": k, "chosen_task": names[k] if k < len(names) else None,
+                "similarities": [round(float(s), 6) for s in sims]}
+    res = run_target(cfg, model, tokenizer)
+    if spot is not None:  # written after run_target, which clears the folder's result files
+        atomic_save_tensors({"prompt": probe}, res.out / "spot_probe.safetensors")
+        atomic_write_json(spot, res.out / "spot.json")
+    target = json.loads((res.out / "target.json").read_text())
+    rel = lambda p: os.path.relpath(p, root)  # noqa: E731 - records stay valid when the folder moves
+    return {"key": cell.key, "config_hash": cell.config_hash, "method": cell.method, "base": cell.base,
+            "task": cell.task, "suite": cell.suite, "seed": cell.seed, "shots": cell.shots,
+            "test_score": res.metrics["test"]["score"], "dev_score": res.metrics["dev"]["score"],
+            "dev": res.metrics["dev"], "test": res.metrics["test"], "best_step": res.metrics["best_step"],
+            "trainable_parameters": target["trainable_parameters"],
+            "source_passes": int(meta.get("compute", {}).get("example_passes", 0)), "probe_passes": probe_passes,
+            "source_stage": rel(cell.stage.cfg.out) if cell.stage else None, "run_dir": rel(res.out),
+            **({"spot": spot} if spot else {}), "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, render_only: bool = False,
+                   progress: bool | None = None, plots: bool = True,
+                   echo: Callable[[str], None] | None = print) -> ExperimentResult:
+    """Run (or continue) the grid of a YAML file or dict, then render results.md and the plots.
+
+    `model`/`tokenizer` reuse an already loaded backbone; `progress` overrides the config's progress
+    bars; `plots=False` writes results.md without PNGs; `echo` receives one line per cell (None: silent).
+    """
+    exp = load_experiment(config)
+    if progress is not None:
+        exp.progress = progress
+    plan = plan_experiment(exp)
+    say = echo or (lambda _msg: None)
+    out = Path(exp.out).expanduser()
+    results = out / "results.jsonl"
+    ran = 0
+    if render_only:
+        if not results.is_file():
+            raise BmtptError(f"{results} does not exist: nothing to render (run the grid first)")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(exp.as_dict(), out / "experiment.json")
+        finished = {(r["key"], r.get("config_hash")) for r in read_records(results)}
+        todo = [c for c in plan.cells if (c.key, c.config_hash) not in finished]
+        say(f"{exp.name}: {len(plan.cells)} cells, {len(plan.cells) - len(todo)} already finished, "
+            f"{len(todo)} to run; output in {out}")
+        backbone, cache = _Backbone(exp, model, tokenizer), {}
+        for i, cell in enumerate(todo, 1):
+            t0 = time.time()
+            record = run_cell(cell, out, backbone, cache)
+            record["wall_s"] = round(time.time() - t0, 2)
+            append_record(results, record)
+            ran += 1
+            say(f"[{i}/{len(todo)}] {cell.key}: test score {record['test_score']:.2f} "
+                f"(dev {record['dev_score']:.2f}, {record['wall_s']:.0f} s)")
+    records = current_records(plan, read_records(results))
+    from .plots import render_report
+
+    report = render_report(out, plan, records, plots)
+    say(f"wrote {report} ({len(records)} of {len(plan.cells)} cells)")
+    return ExperimentResult(out, records, ran, len(plan.cells) - ran if not render_only else 0)

@@ -1,0 +1,132 @@
+"""Baselines: SPoT's retrieval against brute force, MPT's parameter count and posterior, and pt/avg/spot/mpt
+end to end through the experiment runner (tiny Llama)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bmtpt.backbone import backbone_grads
+from bmtpt.baselines import (
+    MptConfig,
+    mpt_trainable_parameters,
+    spot_select,
+    task_prompts,
+    train_mpt_source,
+    train_probe,
+)
+from bmtpt.config import TargetConfig
+from bmtpt.errors import BmtptError
+from bmtpt.experiment import run_experiment
+from bmtpt.prompts import load_posterior
+from bmtpt.target import run_target
+
+
+def _brute_cosines(sources: np.ndarray, target: np.ndarray, pool: str) -> list[float]:
+    out = []
+    for s in sources:
+        a, b = (s.ravel(), target.ravel()) if pool == "flat" else (s.mean(0), target.mean(0))
+        out.append(float(sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))))
+    return out
+
+
+@pytest.mark.parametrize("pool", ["flat", "mean"])
+def test_spot_picks_the_most_cosine_similar_prompt(pool):
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        sources = torch.randn(6, 3, 5, generator=g)
+        # a target close to a random source, rescaled (cosine ignores the scale), so the answer is not index 0
+        want = int(torch.randint(0, 6, (1,), generator=g))
+        target = 3.0 * (sources[want] + 0.3 * torch.randn(3, 5, generator=g))
+        k, sims = spot_select(sources, target, pool)
+        brute = _brute_cosines(sources.double().numpy(), target.double().numpy(), pool)
+        np.testing.assert_allclose(sims.numpy(), brute, atol=1e-12)
+        assert k == int(np.argmax(brute))
+        if pool == "flat":
+            assert k == want
+    with pytest.raises(BmtptError, match="pool"):
+        spot_select(sources, target, "max")
+
+
+def test_task_prompts_are_shared_times_rank_one_factors():
+    g = torch.Generator().manual_seed(1)
+    shared, u, v = torch.randn(4, 6, generator=g), torch.randn(3, 4, generator=g), torch.randn(3, 6, generator=g)
+    got = task_prompts(shared, u, v)
+    assert got.shape == (3, 4, 6)
+    for k in range(3):
+        torch.testing.assert_close(got[k], shared * torch.outer(u[k], v[k]))
+
+
+def test_mpt_source_parameters_and_posterior(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    cfg = MptConfig(model="tiny-llama", out=str(tmp_path / "mpt"), tasks="synth-sentiment,synth-animal,synth-past",
+                    steps=3, batch_size=6, prompt_length=4, max_train_examples=12, log_every=1, optimizer="adam",
+                    lr=0.05, progress=False, device="cpu")
+    res = train_mpt_source(cfg, model, tok)
+    assert res.info["trainable_parameters"] == 4 * 32 + 3 * (4 + 32) == mpt_trainable_parameters(4, 32, 3)
+    assert res.info["compute"]["example_passes"] == 6 * 3
+    particles, meta = load_posterior(tmp_path / "mpt")
+    assert particles.shape == (1, 4, 32) and meta["method"] == "mpt" and meta["num_particles"] == 1
+    factors = load_file(str(tmp_path / "mpt" / "mpt_factors.safetensors"))
+    assert factors["task_cols"].shape == (3, 4) and factors["task_rows"].shape == (3, 32)
+    assert sum(t.numel() for t in factors.values()) == res.info["trainable_parameters"]
+    torch.testing.assert_close(factors["shared_prompt"], particles[0])
+    assert not torch.equal(factors["task_cols"], torch.ones(3, 4))  # the factors were trained
+    logs = [json.loads(x) for x in (tmp_path / "mpt" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3]
+    assert all(len(r["particle_loss"]) == 1 and "loss/synth-past" in r for r in logs)
+    assert backbone_grads(model) == []
+    # the target starts from the shared prompt with a fresh rank-one factor: l*d + l + d trainable numbers
+    tcfg = TargetConfig(model="tiny-llama", out=str(tmp_path / "tgt"), task="synth-product",
+                        posterior=str(tmp_path / "mpt"), method="avg", rank_one=True, steps=2, eval_every=2,
+                        batch_size=4, max_train_examples=8, max_eval_examples=8, progress=False, device="cpu")
+    run_target(tcfg, model, tok)
+    assert json.loads((tmp_path / "tgt" / "target.json").read_text())["trainable_parameters"] == 4 * 32 + 4 + 32
+
+
+def test_probe_starts_from_its_own_init(tiny_llama):
+    model, tok = tiny_llama
+    cfg = TargetConfig(model="tiny-llama", out="unused", task="synth-product", method="pt", steps=1, batch_size=4,
+                       max_train_examples=8, optimizer="sgd", lr=1e-9, weight_decay=0.0, device="cpu")
+    probe, passes = train_probe(cfg, 2, 4, model, tok)
+    assert probe.shape == (4, 32) and passes == 8
+    from bmtpt.prompts import init_prompts
+
+    first_source = init_prompts(model, tok, 3, 4, "vocab", cfg.seed)[0]  # what source prompt 0 starts from
+    assert not torch.allclose(probe, first_source, atol=1e-3)
+    again, _ = train_probe(cfg, 2, 4, model, tok)
+    torch.testing.assert_close(probe, again)
+
+
+def test_baselines_end_to_end(tmp_path, tiny_llama):
+    cfg = {"name": "baselines", "out": str(tmp_path / "exp"), "model": "tiny-llama", "device": "cpu",
+           "progress": False, "prompt_length": 4, "batch_size": 4, "lr": 0.05, "optimizer": "adam",
+           "sources": ["synth-sentiment", "synth-animal", "synth-past"],
+           "source": {"steps": 2, "particles": 2, "max_train_examples": 12},
+           "targets": ["synth-product"], "target": {"steps": 2, "eval_every": 2, "max_eval_examples": 8},
+           "seeds": [0], "shots": [8], "spot": {"steps": 2}, "methods": ["pt", "avg", "spot", "mpt"]}
+    res = run_experiment(cfg, *tiny_llama, plots=False, echo=None)
+    by = {r["method"]: r for r in res.records}
+    assert set(by) == {"pt", "avg", "spot", "mpt"}
+    assert by["pt"]["source_passes"] == 0 and by["pt"]["source_stage"] is None
+    assert by["avg"]["source_stage"] == by["spot"]["source_stage"]  # one independent stage serves both
+    assert by["avg"]["source_passes"] == 4 * 2  # independent: every example is seen by one prompt
+    assert by["spot"]["probe_passes"] == 2 * 4
+    assert {r["trainable_parameters"] for m, r in by.items() if m != "mpt"} == {4 * 32}
+    assert by["mpt"]["trainable_parameters"] == 4 * 32 + 4 + 32
+    stages = sorted(p.name.split("-")[0] for p in (tmp_path / "exp" / "sources").iterdir())
+    assert stages == ["independent", "mpt"]
+    # SPoT's choice is the brute-force argmax over the saved probe and the independent prompts
+    spot_dir = tmp_path / "exp" / by["spot"]["run_dir"]
+    probe = load_file(str(spot_dir / "spot_probe.safetensors"))["prompt"]
+    particles, meta = load_posterior(tmp_path / "exp" / by["spot"]["source_stage"])
+    brute = _brute_cosines(particles.double().numpy(), probe.double().numpy(), "flat")
+    assert by["spot"]["spot"]["chosen"] == int(np.argmax(brute))
+    assert by["spot"]["spot"]["chosen_task"] == meta["source_tasks"][int(np.argmax(brute))]
+    target_cfg = json.loads((spot_dir / "target.json").read_text())["hyperparameters"]
+    assert target_cfg["init"] == f"particle:{int(np.argmax(brute))}" and target_cfg["method"] == "avg"

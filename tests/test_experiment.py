@@ -1,0 +1,193 @@
+"""The experiment grid: runs, skips finished cells, resumes after a crash, renders; config validation and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import bmtpt.experiment as experiment
+from bmtpt import tasks
+from bmtpt.cli import main
+from bmtpt.errors import BmtptError
+from bmtpt.expconfig import load_experiment, plan_experiment
+from bmtpt.experiment import append_record, read_records, run_experiment
+from bmtpt.tasks import get_task
+
+
+def _config(out, **kw) -> dict:
+    cfg = {"name": "grid", "out": str(out), "model": "tiny-llama", "device": "cpu", "progress": False,
+           "prompt_length": 4, "batch_size": 4, "lr": 0.05, "optimizer": "adam", "max_input_tokens": 32,
+           "sources": ["synth-sentiment", "synth-animal"],
+           "source": {"steps": 2, "particles": 2, "max_train_examples": 12},
+           "targets": ["synth-product"],
+           "target": {"steps": 2, "eval_every": 1, "max_train_examples": 12, "max_eval_examples": 8},
+           "seeds": [0, 1], "methods": ["pt", "bmtpt"]}
+    return {**cfg, **kw}
+
+
+class _Counting:
+    """Wraps run_target: counts calls and can raise after the n-th call's run finished (a crash before its
+    record is written)."""
+
+    def __init__(self, crash_after: int | None = None):
+        self.calls, self.crash_after, self.real = 0, crash_after, experiment.run_target
+
+    def __call__(self, cfg, model=None, tokenizer=None):
+        self.calls += 1
+        res = self.real(cfg, model, tokenizer)
+        if self.calls == self.crash_after:
+            raise RuntimeError("simulated crash")
+        return res
+
+
+def _no_backbone(*_a, **_k):
+    raise AssertionError("a finished grid must not load the backbone")
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, tiny_llama):
+    out = tmp_path_factory.mktemp("grid") / "exp"
+    res = run_experiment(_config(out), *tiny_llama, echo=None)
+    return out, res
+
+
+def test_grid_runs_every_cell_and_renders(grid):
+    out, res = grid
+    assert res.ran == 4 and len(res.records) == 4
+    assert {(r["method"], r["seed"]) for r in res.records} == {("pt", 0), ("pt", 1), ("bmtpt", 0), ("bmtpt", 1)}
+    assert len(list((out / "sources").iterdir())) == 1  # one svgd stage, shared by both seeds
+    bm = [r for r in res.records if r["method"] == "bmtpt"]
+    assert {r["source_passes"] for r in bm} == {2 * 4 * 2} and bm[0]["trainable_parameters"] == 4 * 32
+    md = (out / "results.md").read_text()
+    assert "| pt |" in md and "| bmtpt |" in md and "synth-product" in md and "Params/task" in md
+    for name in ("curves-full.png", "prompts-pca.png", "source-losses.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in md
+
+
+def test_second_call_skips_finished_cells(grid, monkeypatch):
+    out, first = grid
+    counter = _Counting()
+    monkeypatch.setattr(experiment, "run_target", counter)
+    monkeypatch.setattr("bmtpt.backbone.load_backbone", _no_backbone)
+    res = run_experiment(_config(out), plots=False, echo=None)
+    assert counter.calls == 0 and res.ran == 0 and res.skipped == 4
+    assert [r["key"] for r in res.records] == [r["key"] for r in first.records]
+
+
+def test_resume_after_a_crash(tmp_path, tiny_llama, monkeypatch):
+    cfg = _config(tmp_path / "exp")
+    crashing = _Counting(crash_after=3)
+    monkeypatch.setattr(experiment, "run_target", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_experiment(cfg, *tiny_llama, plots=False, echo=None)
+    assert len(read_records(tmp_path / "exp" / "results.jsonl")) == 2
+    # the third cell's folder holds a finished-looking run with no record: it is run again over it
+    resumed = _Counting()
+    monkeypatch.setattr(experiment, "run_target", resumed)
+    res = run_experiment(cfg, *tiny_llama, plots=False, echo=None)
+    assert resumed.calls == 2 and res.ran == 2 and res.skipped == 2
+    keys = [r["key"] for r in read_records(tmp_path / "exp" / "results.jsonl")]
+    assert len(keys) == len(set(keys)) == 4
+
+
+def test_changed_method_settings_rerun_only_that_method(grid, tiny_llama, monkeypatch, tmp_path):
+    out, first = grid
+    copy = tmp_path / "exp"
+    import shutil
+
+    shutil.copytree(out, copy)
+    counter = _Counting()
+    monkeypatch.setattr(experiment, "run_target", counter)
+    cfg = _config(copy, methods=["pt", {"name": "bmtpt", "overrides": {"target": {"prior_weight": 0.5}}}])
+    res = run_experiment(cfg, *tiny_llama, plots=False, echo=None)
+    old = {r["key"]: r["config_hash"] for r in first.records}
+    changed = {r["key"] for r in res.records if r["config_hash"] != old[r["key"]]}
+    assert counter.calls == 2 and changed == {r["key"] for r in first.records if r["method"] == "bmtpt"}
+    assert len(res.records) == 4 and len(read_records(copy / "results.jsonl")) == 6
+
+
+def test_torn_last_line_is_skipped_and_not_glued(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_record(path, {"key": "a"})
+    with path.open("a") as f:
+        f.write('{"key": "b", "te')  # a write killed half-way
+    append_record(path, {"key": "c"})
+    assert [r["key"] for r in read_records(path)] == ["a", "c"]
+
+
+def test_method_variants_share_or_split_source_stages(tmp_path):
+    methods = ["bmtpt", {"name": "noprior", "base": "bmtpt", "overrides": {"target": {"prior_weight": 0}}},
+               {"name": "m1", "base": "bmtpt", "overrides": {"source": {"particles": 1}}}, "avg", "spot", "pt"]
+    plan = plan_experiment(load_experiment(_config(tmp_path, methods=methods, seeds=[0, 1], shots=[None, 4])))
+    assert len(plan.cells) == 6 * 2 * 2
+    stage = {c.method: c.stage.key for c in plan.cells if c.stage}
+    assert stage["bmtpt"] == stage["noprior"] != stage["m1"] and stage["avg"] == stage["spot"]
+    assert len(plan.stages) == 3  # shared over seeds unless source.per_seed
+    k4 = [c for c in plan.cells if c.shots == 4]
+    assert all(c.target.max_train_examples == 4 for c in k4)
+    per_seed = plan_experiment(load_experiment(_config(tmp_path, methods=methods, source={"per_seed": True})))
+    assert len(per_seed.stages) == 6
+    # experiments with the same source settings share stage folders through sources_dir
+    a, b = (plan_experiment(load_experiment(_config(tmp_path / n, sources_dir=str(tmp_path / "src"), methods=methods,
+                                                     targets=[t]))) for n, t in (("a", "synth-product"),
+                                                                                  ("b", "synth-tense")))
+    assert {s.cfg.out for s in a.stages.values()} == {s.cfg.out for s in b.stages.values()}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": ["pt", "foo"]}, "unknown base 'foo'"),
+    ({"methods": ["pt", "pt"]}, "used twice"),
+    ({"methods": [{"name": "x", "base": "avg", "overrides": {"source": {"particles": 3}}}]}, "fixes the number"),
+    ({"methods": [{"name": "x", "base": "spot", "overrides": {"target": {"init": "vocab"}}}]}, "fixes target"),
+    ({"methods": [{"name": "x", "base": "pt", "overrides": {"source": {"steps": 3}}}]}, "no source stage"),
+    ({"shots": [0]}, "positive integers or null"),
+    ({"seeds": []}, "non-empty"),
+    ({"target": {"lr": "fast"}}, "lr must be float"),
+    ({"target": {"task": "rte"}}, "set by the runner"),
+    ({"target": {"eval_mode": "guess"}}, "eval_mode must be one of"),
+    ({"targets": ["synth-nope"]}, "unknown task"),
+    ({"targets": ["synth-product@dev"]}, "sources only"),
+    ({"source": {"steps": 0}}, "--steps must be positive"),
+    ({"learning_rate": 0.1}, "unknown key"),
+    ({"model": ""}, "model"),
+])
+def test_bad_configs_give_one_line_errors(tmp_path, change, message):
+    with pytest.raises(BmtptError, match=message) as e:
+        plan_experiment(load_experiment(_config(tmp_path, **change)))
+    assert "\n" not in str(e.value)
+
+
+def test_source_split_alias_trains_on_that_split(tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._REGISTRY))  # the alias is registered for this test only
+    exp = load_experiment(_config(tmp_path, sources=["synth-sentiment@dev", "synth-animal"]))
+    assert exp.sources == ["synth-sentiment@dev", "synth-animal"]
+    alias, base = get_task("synth-sentiment@dev"), get_task("synth-sentiment")
+    assert alias.load("train") == base.load("dev") and alias.load("test") == base.load("test")
+
+
+def test_cli_bad_yaml_exits_2(tmp_path, capsys):
+    bad = {"syntax.yaml": "methods: [pt\n", "schema.yaml": yaml.safe_dump(_config(tmp_path, methods=["nope"])),
+           "list.yaml": "- a\n- b\n"}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        assert main(["experiment", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bmtpt experiment: error:") and err.count("\n") == 1
+    assert main(["experiment", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_cli_render_only(grid, tmp_path, capsys, monkeypatch):
+    out, _ = grid
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(_config(out)))
+    (out / "results.md").unlink()
+    monkeypatch.setattr("bmtpt.backbone.load_backbone", _no_backbone)
+    assert main(["experiment", str(path), "--render-only", "--no-plots"]) == 0
+    assert "| bmtpt |" in (out / "results.md").read_text()
+    path.write_text(yaml.safe_dump(_config(tmp_path / "never-run")))
+    assert main(["experiment", str(path), "--render-only"]) == 2
+    assert "nothing to render" in capsys.readouterr().err
+    assert json.loads((out / "experiment.json").read_text())["name"] == "grid"
