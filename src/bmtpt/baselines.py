@@ -90,7 +90,8 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
     seed_everything(cfg.seed)
     if model is None:
         model, tokenizer = load_backbone(cfg.model, cfg.trust_remote_code, device=device)
-    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens)
+    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens,
+                       gradient_checkpointing=cfg.gradient_checkpointing)
 
     encoded, samplers = [], []
     for k, task in enumerate(tasks):  # the same data pipeline as the SVGD source stage
@@ -182,7 +183,8 @@ def train_probe(cfg: TargetConfig, steps: int, length: int, model, tokenizer) ->
         raise BmtptError(f"spot steps must be positive, got {steps}")
     task = get_task(cfg.task)
     seed_everything(cfg.seed)
-    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens)
+    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens,
+                       gradient_checkpointing=cfg.gradient_checkpointing)
     examples = load_split(task, "train", cfg, cfg.max_train_examples)
     enc = encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens, cfg.max_target_tokens)
     sampler = EpochSampler(len(enc), cfg.seed)

@@ -35,6 +35,8 @@ class CommonConfig:
     precision: str = opt("fp32", "autocast precision of the backbone (prompts stay fp32)", ("fp32", "bf16", "fp16"))
     device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
     particle_chunk: int | None = opt(None, "evaluate at most this many prompts per forward pass (caps memory)")
+    gradient_checkpointing: bool = opt(False, "recompute the backbone's layers in the backward pass: less activation "
+                                       "memory for about a third more compute (see benchmarks/README.md)")
     log_every: int = opt(10, "log losses every N steps to metrics.jsonl")
     seed: int = opt(0, "random seed (prompt init, data order)")
     trust_remote_code: bool = opt(False, "allow the backbone's own Python code from the hub to run")

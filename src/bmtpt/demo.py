@@ -65,9 +65,9 @@ class DemoSizes:
 
 
 FULL = DemoSizes(targets=tuple(TARGET_TASKS), source_steps=24, target_steps=16, eval_every=16,
-                 eval_examples=48)
-QUICK = DemoSizes(targets=tuple(TARGET_TASKS)[:1], source_steps=6, target_steps=6, eval_every=6,
-                  eval_examples=24)
+                 eval_examples=32)
+QUICK = DemoSizes(targets=tuple(TARGET_TASKS)[:1], source_steps=4, target_steps=4, eval_every=4,
+                  eval_examples=16)
 
 
 def _common(cfg: DemoConfig, sizes: DemoSizes, out: Path) -> dict:

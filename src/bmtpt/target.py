@@ -134,7 +134,8 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     if particles is not None and particles.shape[2] != width:
         raise BmtptError(f"the posterior's prompts are {particles.shape[2]} wide but backbone {cfg.model} embeds "
                          f"in {width}: was it trained on another backbone ({meta.get('backbone')})?")
-    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens)
+    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens,
+                       gradient_checkpointing=cfg.gradient_checkpointing)
     device = pm.device
 
     theta0 = torch.nn.Parameter(initial_prompt(cfg, model, tokenizer, particles).to(device))
