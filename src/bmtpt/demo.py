@@ -25,6 +25,7 @@ from .errors import BmtptError
 from .synth import SOURCE_TASKS, TARGET_TASKS
 
 METHODS = ("pt", "avg", "bmtpt")
+RUN_DIRS = ("source-svgd", "source-independent", "target")
 
 
 @dataclass
@@ -78,17 +79,25 @@ def _common(cfg: DemoConfig, sizes: DemoSizes, out: Path) -> dict:
 
 
 def _check_out(cfg: DemoConfig) -> Path:
+    """Refuse a folder holding a finished or unfinished demo unless --overwrite (nothing is touched yet)."""
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise BmtptError(f"--out {out} exists and is not a folder")
-    if (out / "results.json").exists() and not cfg.overwrite:
+    if cfg.overwrite:
+        return out
+    if (out / "results.json").exists():
         raise BmtptError(f"{out} already holds demo results; pass --overwrite to replace them or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    if any((out / d).exists() for d in RUN_DIRS):
+        raise BmtptError(f"{out} holds an unfinished demo (its runs but no results.json); pass --overwrite to start "
+                         "again or choose another --out")
     return out
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    """Run the demo; write results.json (keyed by method), results.md and run.json into cfg.out."""
+def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
+    """Run the demo; write results.json (keyed by method), results.md and run.json into cfg.out.
+
+    `sizes` overrides the --quick / full budget (tests use a smaller one).
+    """
     from .backbone import load_backbone  # torch-heavy imports stay out of `bmtpt --help`
     from .prompts import atomic_write_json
     from .runs import resolve_device
@@ -96,13 +105,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .target import run_target
 
     cfg.validate()
-    sizes = QUICK if cfg.quick else FULL
+    sizes = sizes or (QUICK if cfg.quick else FULL)
     out = _check_out(cfg)
     device = resolve_device(cfg.device)
     t0 = time.time()
     print(f"[demo] loading {cfg.model} (the first load converts the GGUF file, ~1 min; later loads use a cache)")
     model, tokenizer = load_backbone(cfg.model, device=device)
     timings = {"load_s": time.time() - t0}
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "results.md", "run.json"):  # --overwrite: never leave old and new mixed
+        (out / name).unlink(missing_ok=True)
 
     sources = ",".join(SOURCE_TASKS)
     src_common = {"tasks": sources, "steps": sizes.source_steps, "mixing": "equal",

@@ -163,7 +163,9 @@ def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, ren
             raise BmtptError(f"{results} does not exist: nothing to render (run the grid first)")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(exp.as_dict(), out / "experiment.json")
+        from .demo import machine_description
+
+        atomic_write_json({**exp.as_dict(), "machine": machine_description()}, out / "experiment.json")
         finished = {(r["key"], r.get("config_hash")) for r in read_records(results)}
         todo = [c for c in plan.cells if (c.key, c.config_hash) not in finished]
         say(f"{exp.name}: {len(plan.cells)} cells, {len(plan.cells) - len(todo)} already finished, "

@@ -215,6 +215,16 @@ def source_losses(out: Path, plan: Plan) -> Path | None:
     return path
 
 
+def _machine(out: Path) -> str:
+    """The machine line from experiment.json (written when the grid ran), or ''."""
+    try:
+        m = json.loads((out / "experiment.json").read_text()).get("machine") or {}
+    except (OSError, ValueError):
+        return ""
+    return ", ".join(str(x) for x in (m.get("cpu"), m.get("cores") and f"{m['cores']} cores", m.get("gpu"),
+                                      m.get("torch") and f"torch {m['torch']}") if x)
+
+
 def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True) -> Path:
     """Write results.md (tables, SPoT's choices and, with `plots`, the PNGs) into `out`; return its path."""
     exp = plan.exp
@@ -226,6 +236,10 @@ def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True
              "Params/task: trainable parameters of each target run. Source passes: forward/backward example "
              "passes of the source stage the method used (shared by all its target runs); SPoT's probe passes "
              "are per target run.", ""]
+    machine = _machine(out)
+    if machine:
+        lines += [f"Measured on: {machine}; total cell time {sum(r.get('wall_s', 0) for r in records) / 60:.1f} min.",
+                  ""]
     try:
         import matplotlib  # noqa: F401
         have_mpl = plots
