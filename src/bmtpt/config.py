@@ -175,6 +175,7 @@ class EvalConfig:
     precision: str = opt("fp32", "autocast precision of the backbone", ("fp32", "bf16", "fp16"))
     device: str = opt("auto", "torch device")
     trust_remote_code: bool = opt(False, "allow the backbone's own Python code from the hub to run")
+    progress: bool = opt(True, "show progress bars")
 
     def validate(self) -> None:
         """Raise BmtptError on values that cannot work."""

@@ -52,6 +52,7 @@ def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
         raise BmtptError(f"the run's prompt is {prompt.shape[-1]} wide but the backbone embeds in "
                          f"{embedding_width(model)}")
     pm = PromptedModel(model, tokenizer, cfg.precision, hp.get("max_input_tokens", 256))
+    pm.progress = cfg.progress
     results = {}
     for name in task_names:
         task = get_task(name)

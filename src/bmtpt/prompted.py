@@ -113,6 +113,7 @@ class PromptedModel:
         self.is_seq2seq = is_seq2seq_config(model.config)
         self.precision = precision
         self.max_input_tokens = max_input_tokens
+        self.progress = False  # evaluation progress bars; the stages turn them on with --progress
         self.pad_id = tokenizer.pad_token_id
         self.device = next(model.parameters()).device
         fwd = inspect.signature(model.forward).parameters
@@ -189,6 +190,12 @@ class PromptedModel:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
+    def _bar(self, it, total: int, what: str):
+        """A transient progress bar over evaluation batches (set `progress = True` to show it)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(it, total=total, desc=f"eval ({what})", leave=False, disable=not self.progress or total < 2)
+
     def rank_classify(self, prompt: Tensor, examples: Sequence[Example], verbalizers: Sequence[str],
                       batch_size: int = 32) -> tuple[list[str], Tensor]:
         """Pick, for each example, the verbalizer with the highest summed log-likelihood.
@@ -200,7 +207,7 @@ class PromptedModel:
         c = len(cands)
         scores = []
         per = max(1, batch_size // c)
-        for idx in chunks(range(len(examples)), per):
+        for idx in self._bar(chunks(range(len(examples)), per), -(-len(examples) // per), "rank"):
             if self.is_seq2seq and hasattr(self.model, "get_encoder"):
                 nll = self._candidates_nll(prompt, [enc.inputs[i] for i in idx], cands)
             else:
@@ -238,7 +245,7 @@ class PromptedModel:
                  batch_size: int = 32) -> list[str]:
         """Greedy-decode an answer for each example with the prompt prepended (transformers' generate)."""
         out: list[str] = []
-        for part in chunks(list(examples), batch_size):
+        for part in self._bar(chunks(list(examples), batch_size), -(-len(examples) // batch_size), "generate"):
             ids = [encode_text(self.tokenizer, e.input)[: self.max_input_tokens] for e in part]
             # Causal LMs continue after the last position, so their inputs are left-padded: collate with a
             # one-token dummy target (which lands in the last column) and cut that column off.

@@ -136,6 +136,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
                          f"in {width}: was it trained on another backbone ({meta.get('backbone')})?")
     pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens,
                        gradient_checkpointing=cfg.gradient_checkpointing)
+    pm.progress = cfg.progress
     device = pm.device
 
     theta0 = torch.nn.Parameter(initial_prompt(cfg, model, tokenizer, particles).to(device))
