@@ -170,3 +170,17 @@ def test_file_init_and_bad_choices(tmp_path, tiny_llama):
         init_prompts(model, tok, 2, 4, f"file:{tmp_path / 'p.safetensors'}")
     with pytest.raises(BmtptError, match="unknown prompt init"):
         init_prompts(model, tok, 1, 3, "zeros")
+
+
+def test_vocab_shared_init_is_one_vocab_draw_plus_scaled_noise(tiny_llama):
+    from bmtpt.prompts import VOCAB_ROWS, init_prompts
+
+    model, tok = tiny_llama
+    base = init_prompts(model, tok, 1, 4, "vocab", seed=3)[0]
+    p = init_prompts(model, tok, 50, 4, "vocab-shared:0.5", seed=3)
+    emb = model.get_input_embeddings().weight.detach().float()[:VOCAB_ROWS]
+    noise = (p - base) / emb.std()
+    assert abs(noise.std().item() - 0.5) < 0.02 and abs(noise.mean().item()) < 0.02
+    torch.testing.assert_close(init_prompts(model, tok, 3, 4, "vocab-shared:0", seed=3), base.expand(3, -1, -1))
+    with pytest.raises(BmtptError, match="vocab-shared"):
+        init_prompts(model, tok, 2, 4, "vocab-shared:x")

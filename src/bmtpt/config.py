@@ -78,8 +78,9 @@ class SourceConfig(CommonConfig):
     steps: int = opt(1000, "optimisation steps")
     method: str = opt("svgd", "svgd: one posterior over all tasks; independent: particle k trained on task k "
                       "alone (the averaged-prompts baseline needs M = number of tasks)", ("svgd", "independent"))
-    init: str = opt("vocab", "prompt init: vocab | uniform | text:WORDS | file:PATH.safetensors | "
-                    "peft:ADAPTER_DIR (particle 0; the others vocab)")
+    init: str = opt("vocab", "prompt init: vocab (an independent draw per particle) | vocab-shared:S (one draw "
+                    "for all, plus noise of S x the embeddings' std) | uniform | text:WORDS | "
+                    "file:PATH.safetensors | peft:ADAPTER_DIR (particle 0; the others vocab)")
     mixing: str = opt("proportional", "per-task share of each batch", ("proportional", "temperature", "equal"))
     mixing_temperature: float = opt(2.0, "T of temperature mixing: share proportional to N_k^(1/T)")
     likelihood_scale: str = opt("mean", "how a task's minibatch mean loss becomes log p(D_k|theta): 'mean' "

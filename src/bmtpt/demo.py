@@ -63,6 +63,9 @@ class DemoSizes:
     target_batch: int = 8
     lr: float = 0.03  # Adam; SmolLM2's embeddings have std ~0.13, so T5's 0.3 would overshoot
     prior_weight: float = 1.0
+    # both source stages start every prompt from one shared vocabulary draw plus small noise, so that
+    # the particles' (and the per-task prompts') mean is itself a natural prompt (see README)
+    source_init: str = "vocab-shared:0.25"
 
 
 FULL = DemoSizes(targets=tuple(TARGET_TASKS), source_steps=24, target_steps=16, eval_every=16,
@@ -117,7 +120,7 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
         (out / name).unlink(missing_ok=True)
 
     sources = ",".join(SOURCE_TASKS)
-    src_common = {"tasks": sources, "steps": sizes.source_steps, "mixing": "equal",
+    src_common = {"tasks": sources, "steps": sizes.source_steps, "mixing": "equal", "init": sizes.source_init,
                   "batch_size": sizes.per_task_batch * len(SOURCE_TASKS)}
     t = time.time()
     print(f"[demo] source stage, bmtpt: SVGD with {sizes.particles} particles over {sources}")

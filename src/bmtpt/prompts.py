@@ -15,7 +15,7 @@ from torch import Tensor
 from . import __version__
 from .errors import BmtptError
 
-INIT_CHOICES = "vocab | uniform | text:SOME WORDS | file:PATH.safetensors | peft:ADAPTER_DIR"
+INIT_CHOICES = "vocab | vocab-shared:NOISE | uniform | text:SOME WORDS | file:PATH.safetensors | peft:ADAPTER_DIR"
 VOCAB_ROWS = 5000  # prompt-tuning convention: sample rows of the first 5,000 vocabulary embeddings
 
 
@@ -23,6 +23,8 @@ def init_prompts(model, tokenizer, num: int, length: int, how: str = "vocab", se
     """(num, length, d) float32 initial prompts.
 
     `vocab`: rows drawn at random from the first 5,000 token embeddings (distinct per prompt);
+    `vocab-shared:S`: one such draw shared by all prompts, each plus Gaussian noise of std S times the
+    embeddings' std (particles that start close together have a mean that is itself a natural prompt);
     `uniform`: U(-0.5, 0.5); `text:...`: the embeddings of the text's tokens, repeated to fill the
     length; `file:PATH`: a saved prompt (l, d) or particles (M, l, d) file; `peft:DIR`: the prompt of a
     PEFT prompt-tuning adapter folder as prompt 0, the others (if num > 1) drawn as for `vocab`.
@@ -34,6 +36,16 @@ def init_prompts(model, tokenizer, num: int, length: int, how: str = "vocab", se
         rows = min(VOCAB_ROWS, emb.shape[0])
         idx = torch.stack([torch.randint(0, rows, (length,), generator=g) for _ in range(num)])
         return emb[idx].clone()
+    if how.startswith("vocab-shared:"):
+        try:
+            scale = float(how.split(":", 1)[1])
+        except ValueError:
+            raise BmtptError(f"--init {how}: expected vocab-shared:S with a number S >= 0") from None
+        if not scale >= 0:
+            raise BmtptError(f"--init {how}: the noise scale must be >= 0")
+        base = init_prompts(model, tokenizer, 1, length, "vocab", seed)
+        noise = torch.randn(num, length, d, generator=torch.Generator().manual_seed(seed + 1))
+        return base + scale * emb[: min(VOCAB_ROWS, emb.shape[0])].std() * noise
     if how == "uniform":
         return torch.rand(num, length, d, generator=g) - 0.5
     if how.startswith("text:"):
