@@ -22,7 +22,7 @@ from torch import Tensor
 from . import __version__
 from .backbone import load_backbone
 from .config import SourceConfig, TargetConfig, opt
-from .data import EpochSampler, batch_of, collate, encode_examples
+from .data import EpochSampler, batch_of, encode_examples
 from .errors import BmtptError
 from .prompted import PromptedModel, mean_loss_by_group
 from .prompts import atomic_save_tensors, init_prompts, save_posterior
@@ -36,7 +36,7 @@ from .runs import (
     save_config,
     seed_everything,
 )
-from .source import SourceResult, mixing_sizes
+from .source import SourceResult, mixed_batch, mixing_sizes
 from .tasks import get_task, parse_task_list
 
 MPT_FACTORS_FILE = "mpt_factors.safetensors"
@@ -118,12 +118,7 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
     names = [t.name for t in tasks]
     log = JsonlLog(out / "metrics.jsonl")
     for step in range(1, cfg.steps + 1):
-        ins, tgts = [], []
-        for k, n in enumerate(per_task):
-            for i in samplers[k].take(n):
-                ins.append(encoded[k].inputs[i])
-                tgts.append(encoded[k].targets[i])
-        batch = collate(ins, tgts, pm.pad_id, pm.is_seq2seq)
+        batch = mixed_batch(encoded, samplers, per_task, pm.pad_id, pm.is_seq2seq)
         nll, ntok = pm.example_nll(task_prompts(shared, u, v), batch, prompt_index=groups)
         loss = nll.sum() / ntok.sum().clamp_min(1)
         if not torch.isfinite(loss):

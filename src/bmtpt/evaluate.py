@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .backbone import embedding_width, load_backbone
 from .config import EvalConfig
 from .errors import BmtptError
 from .prompted import PromptedModel
-from .prompts import atomic_write_json, load_posterior, load_prompt_tensor
+from .prompts import atomic_write_json, load_posterior, load_prompt_tensor, read_json_object
 from .runs import check_data_dir, resolve_device
 from .target import score_of
 from .tasks import get_task
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BmtptError(f"{path} is not valid JSON: {e}") from e
 
 
 def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
@@ -33,7 +25,7 @@ def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
     if not run.is_dir():
         raise BmtptError(f"run folder {run} does not exist")
     if (run / "target.json").is_file():
-        meta = _read_json(run / "target.json")
+        meta = read_json_object(run / "target.json")
         prompt = load_prompt_tensor(run / "prompt.safetensors")
         task_names = [meta["task"]]
     elif (run / "posterior.json").is_file():

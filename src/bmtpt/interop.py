@@ -26,7 +26,6 @@ Writing and reading adapters needs no `peft` install: the files are plain JSON a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from torch import Tensor
 from . import __version__
 from .config import ExportConfig
 from .errors import BmtptError
-from .prompts import atomic_save_tensors, atomic_write_json, load_posterior, load_tensors
+from .prompts import atomic_save_tensors, atomic_write_json, load_posterior, load_tensors, read_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -53,16 +52,6 @@ class RunPrompt:
     what: str  # e.g. "target prompt of synth-product", "particle 2 of 5", "mean of 5 particles"
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BmtptError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(obj, dict):
-        raise BmtptError(f"{path} does not hold a JSON object")
-    return obj
-
-
 def read_run_prompt(run_dir: str | Path, particle: int | None = None) -> RunPrompt:
     """The prompt of a target run (its effective prompt, rank-one factor included) or of a source run
     (particle `particle`, or the particles' mean when None)."""
@@ -72,7 +61,7 @@ def read_run_prompt(run_dir: str | Path, particle: int | None = None) -> RunProm
     if (run / "target.json").is_file():
         if particle is not None:
             raise BmtptError(f"--particle applies to source runs, but {run} is a target run")
-        meta = _read_json(run / "target.json")
+        meta = read_json_object(run / "target.json")
         tensors = load_tensors(run / "prompt.safetensors")
         prompt = tensors.get("prompt")
         if prompt is None and "theta0" in tensors:  # fold the rank-one factor: theta0 * (u v^T)
@@ -197,7 +186,7 @@ def read_peft_adapter(adapter_dir: str | Path) -> tuple[Tensor, dict]:
         raise BmtptError(f"PEFT adapter folder {folder} does not exist")
     if not (folder / ADAPTER_CONFIG).is_file():
         raise BmtptError(f"{folder} holds no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
-    cfg = _read_json(folder / ADAPTER_CONFIG)
+    cfg = read_json_object(folder / ADAPTER_CONFIG)
     kind = cfg.get("peft_type")
     if kind != "PROMPT_TUNING":
         raise BmtptError(f"{folder} is a PEFT {kind or 'unknown-type'} adapter; bmtpt imports only "

@@ -73,6 +73,18 @@ def init_prompts(model, tokenizer, num: int, length: int, how: str = "vocab", se
     raise BmtptError(f"unknown prompt init {how!r} (choose {INIT_CHOICES})")
 
 
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file that must hold an object; unreadable JSON or another type raises BmtptError."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BmtptError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise BmtptError(f"{path} does not hold a JSON object")
+    return obj
+
+
 def atomic_save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict | None = None) -> None:
     """Write a safetensors file atomically: a temporary file in the same folder, then rename."""
     path = Path(path)

@@ -82,6 +82,16 @@ def mixing_sizes(sizes: list[int], batch: int, mixing: str, temperature: float =
     return out
 
 
+def mixed_batch(encoded: list, samplers: list, per_task: list[int], pad_id: int, is_seq2seq: bool) -> Batch:
+    """One multi-task batch: the next per_task[k] examples of each task k, task-major (groups follow)."""
+    ins, tgts = [], []
+    for k, n in enumerate(per_task):
+        for i in samplers[k].take(n):
+            ins.append(encoded[k].inputs[i])
+            tgts.append(encoded[k].targets[i])
+    return collate(ins, tgts, pad_id, is_seq2seq)
+
+
 def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor, num_tasks: int,
                     weights: Tensor, prior_std: float | None, independent: bool = False,
                     chunk: int | None = None) -> tuple[Tensor, Tensor]:
@@ -180,12 +190,7 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps,
                desc=f"source ({cfg.method}, M={cfg.particles})", disable=not cfg.progress)
     for step in bar:
-        ins, tgts = [], []
-        for k, n in enumerate(per_task):
-            for i in samplers[k].take(n):
-                ins.append(encoded[k].inputs[i])
-                tgts.append(encoded[k].targets[i])
-        batch = collate(ins, tgts, pm.pad_id, pm.is_seq2seq)
+        batch = mixed_batch(encoded, samplers, per_task, pm.pad_id, pm.is_seq2seq)
         scores, losses = particle_scores(pm, particles, batch, groups, len(tasks), weights, cfg.prior_std,
                                          independent, cfg.particle_chunk)
         bad = [names[k] for k in range(len(tasks)) if not torch.isfinite(losses[:, k]).all()]
