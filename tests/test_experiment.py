@@ -127,7 +127,7 @@ def test_method_variants_share_or_split_source_stages(tmp_path):
     assert stage["bmtpt"] == stage["noprior"] != stage["m1"] and stage["avg"] == stage["spot"]
     assert len(plan.stages) == 3  # shared over seeds unless source.per_seed
     k4 = [c for c in plan.cells if c.shots == 4]
-    assert all(c.target.max_train_examples == 4 for c in k4)
+    assert all(c.target.shots == 4 for c in k4)
     per_seed = plan_experiment(load_experiment(_config(tmp_path, methods=methods, source={"per_seed": True})))
     assert len(per_seed.stages) == 6
     # experiments with the same source settings share stage folders through sources_dir

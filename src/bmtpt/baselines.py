@@ -30,6 +30,7 @@ from .runs import (
     JsonlLog,
     check_data_dir,
     load_split,
+    load_train,
     make_optimizer,
     prepare_run_dir,
     resolve_device,
@@ -180,7 +181,7 @@ def train_probe(cfg: TargetConfig, steps: int, length: int, model, tokenizer) ->
     seed_everything(cfg.seed)
     pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens,
                        gradient_checkpointing=cfg.gradient_checkpointing)
-    examples = load_split(task, "train", cfg, cfg.max_train_examples)
+    examples = load_train(task, cfg)
     enc = encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens, cfg.max_target_tokens)
     sampler = EpochSampler(len(enc), cfg.seed)
     init = init_prompts(model, tokenizer, 1, length, "vocab", cfg.seed + PROBE_SEED_OFFSET)[0]

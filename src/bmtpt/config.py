@@ -135,6 +135,8 @@ class TargetConfig(CommonConfig):
                      "their mean", ("kde", "gaussian"))
     rank_one: bool = opt(False, "train a rank-one multiplicative factor theta0 * (u v^T) as well")
     lr_factor: float = opt(0.01, "learning rate of the rank-one factors u, v")
+    shots: int | None = opt(None, "k-shot training: k training examples drawn with --seed, taking a classification "
+                            "task's labels in turn (balanced); replaces --max-train-examples")
     eval_every: int = opt(50, "evaluate on the dev split every N steps and keep the best prompt")
     eval_mode: str = opt("rank", "rank: rank classification for classification tasks; generate: decode",
                          ("rank", "generate"))
@@ -147,6 +149,8 @@ class TargetConfig(CommonConfig):
             raise BmtptError("--task is required")
         if self.method != "pt" and not self.posterior:
             raise BmtptError(f"--posterior is required with --method {self.method}")
+        if self.shots is not None and self.shots <= 0:
+            raise BmtptError(f"--shots must be positive, got {self.shots}")
         for name in ("steps", "eval_every", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

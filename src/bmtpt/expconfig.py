@@ -386,7 +386,7 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
                               **FIXED_TARGET[spec.base], "task": task, "seed": seed,
                               "posterior": str(stage.cfg.out) if stage else None}
                     if shots:
-                        values["max_train_examples"] = shots  # k examples drawn with the cell's seed
+                        values["shots"] = shots  # k label-balanced examples drawn with the cell's seed
                     label = f"k{shots}" if shots else "full"
                     values["out"] = str(root / "cells" / spec.name / task / f"{label}-seed{seed}")
                     spot = {**exp.spot, **spec.overrides["spot"]} if spec.base == "spot" else None

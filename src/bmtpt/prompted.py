@@ -118,6 +118,10 @@ class PromptedModel:
         self.device = next(model.parameters()).device
         fwd = inspect.signature(model.forward).parameters
         self._keep_logits = "logits_to_keep" in fwd and not full_logits
+        # the shared-prefix rank classification needs a key/value cache argument (transformers >= 5.2x names it
+        # `cache`, older versions `past_key_values`); without one it falls back to a full pass per candidate
+        self._cache_arg = next((a for a in ("cache", "past_key_values") if a in fwd), None)
+        self._cache_ok = self._cache_arg is not None
         self.gradient_checkpointing = gradient_checkpointing
         self._layers = checkpoint_layers(model) if gradient_checkpointing else []
         if gradient_checkpointing and not self._layers:
@@ -210,6 +214,8 @@ class PromptedModel:
         for idx in self._bar(chunks(range(len(examples)), per), -(-len(examples) // per), "rank"):
             if self.is_seq2seq and hasattr(self.model, "get_encoder"):
                 nll = self._candidates_nll(prompt, [enc.inputs[i] for i in idx], cands)
+            elif not self.is_seq2seq and c > 1 and self._cache_ok:
+                nll = self._causal_candidates_nll(prompt, [enc.inputs[i] for i in idx], cands)
             else:
                 inputs = [enc.inputs[i] for i in idx for _ in range(c)]
                 targets = [cands[j] for _ in idx for j in range(c)]
@@ -238,6 +244,36 @@ class PromptedModel:
                                 attention_mask=mask.repeat_interleave(c, 0), decoder_input_ids=dec_in,
                                 use_cache=False).logits
         nll, _ = self._nll(logits, tgt, tmask)
+        return nll.sum(-1)
+
+    def _causal_candidates_nll(self, prompt: Tensor, inputs: list[list[int]], cands: list[list[int]]) -> Tensor:
+        """Causal LMs: summed NLL of every (input, candidate) pair, example-major, (E * C,).
+
+        The prompt and input run once per example (left-padded, so every row's prefix ends in the same
+        column) and their key/value cache is shared by the C candidates, which then cost only their own
+        few tokens: C full passes over the input would cost C times the dominant part of the work.
+        """
+        e, c, dev = len(inputs), len(cands), self.device
+        batch = collate(inputs, [[self.pad_id]] * e, self.pad_id, False)  # dummy target: cut off below
+        batch.input_ids, batch.attention_mask = batch.input_ids[:, :-1], batch.attention_mask[:, :-1]
+        x, mask, _, _ = self._rows(prompt[None], batch, None)
+        cand = collate([[]] * c, cands, self.pad_id, True)  # right-padded candidates, (C, T)
+        tgt, tmask = cand.target_ids.to(dev).repeat(e, 1), cand.target_mask.to(dev).repeat(e, 1)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        with autocast(dev.type, self.precision):
+            out = self.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=True,
+                             **({"logits_to_keep": 1} if self._keep_logits else {}))
+            cache = out.cache if self._cache_arg == "cache" else out.past_key_values
+            cache.batch_repeat_interleave(c)
+            first = out.logits[:, -1:].repeat_interleave(c, 0)  # predicts each candidate's first token
+            t = tgt.shape[1]
+            if t > 1:  # candidate token j predicts token j + 1; the last one predicts nothing we score
+                full_mask = torch.cat([mask.repeat_interleave(c, 0), tmask[:, :-1]], dim=1)
+                cpos = pos[:, -1:].repeat_interleave(c, 0) + torch.arange(1, t, device=dev)
+                rest = self.model(input_ids=tgt[:, :-1], attention_mask=full_mask, position_ids=cpos,
+                                  use_cache=True, **{self._cache_arg: cache}).logits
+                first = torch.cat([first, rest], dim=1)
+        nll, _ = self._nll(first, tgt, tmask)
         return nll.sum(-1)
 
     @torch.no_grad()

@@ -172,16 +172,47 @@ def check_data_dir(data_dir: str | None) -> None:
         raise BmtptError(f"data folder {data_dir} does not exist")
 
 
-def load_split(task: Task, split: str, cfg: CommonConfig, limit: int | None = None) -> list[Example]:
-    """A task's split, optionally subsampled (seeded) to `limit` examples; never empty."""
+def load_split(task: Task, split: str, cfg: CommonConfig, limit: int | None = None,
+               balanced: bool = False) -> list[Example]:
+    """A task's split, optionally subsampled (seeded) to `limit` examples; never empty.
+
+    `balanced` (k-shot training sets): a classification task's sample takes the labels in turn, so their
+    counts differ by at most one (unless a label runs out); a plain random 16 of a skewed task such as
+    CoLA (70% acceptable) can miss a label altogether.
+    """
     examples = task.load(split, cfg.data_dir, cfg.seed)
     if limit is not None and len(examples) > limit:
         rng = random.Random(cfg.seed * 7919 + len(examples))
-        examples = [examples[i] for i in sorted(rng.sample(range(len(examples)), limit))]
+        if balanced and task.is_classification:
+            picked = _balanced_sample([e.target for e in examples], limit, rng)
+        else:
+            picked = rng.sample(range(len(examples)), limit)
+        examples = [examples[i] for i in sorted(picked)]
     if not examples:  # Task.load refuses empty splits; this guards loaders and limits that filter further
         raise BmtptError(f"task {task.name}: no {split} examples left" + (f" (data folder {cfg.data_dir})"
                                                                            if cfg.data_dir else ""))
     return examples
+
+
+def _balanced_sample(labels: list[str], limit: int, rng: random.Random) -> list[int]:
+    """`limit` indices taking the labels round-robin (in a seeded order), each label's rows shuffled."""
+    by_label: dict[str, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_label.setdefault(y, []).append(i)
+    queues = [rng.sample(rows, len(rows)) for _, rows in sorted(by_label.items())]
+    rng.shuffle(queues)  # which labels get the remainder when limit is not a multiple of their number
+    picked: list[int] = []
+    while len(picked) < limit:
+        for q in queues:
+            if q and len(picked) < limit:
+                picked.append(q.pop())
+    return picked
+
+
+def load_train(task: Task, cfg: CommonConfig) -> list[Example]:
+    """The training examples of a run: k-shot (`shots`, label-balanced) or capped at max_train_examples."""
+    shots = getattr(cfg, "shots", None)
+    return load_split(task, "train", cfg, shots or cfg.max_train_examples, balanced=shots is not None)
 
 
 class JsonlLog:

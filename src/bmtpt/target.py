@@ -33,6 +33,7 @@ from .runs import (
     check_run_dir,
     load_model,
     load_split,
+    load_train,
     make_optimizer,
     prepare_run_dir,
     resolve_device,
@@ -125,7 +126,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         if ckpt.state.get("posterior_sha256") != digest:
             raise BmtptError(f"cannot resume {cfg.out}: the posterior in {cfg.posterior} changed since the run started")
     seed_everything(cfg.seed)
-    train = load_split(task, "train", cfg, cfg.max_train_examples)  # data errors before the slow model load
+    train = load_train(task, cfg)  # data errors before the slow model load
     dev = load_split(task, "dev", cfg, cfg.max_eval_examples)
     test = load_split(task, "test", cfg, cfg.max_eval_examples)
     if model is None:

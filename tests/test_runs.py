@@ -1,0 +1,48 @@
+"""runs.py: seeded sub-sampling of training sets, plain and label-balanced (k-shot)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from bmtpt.config import TargetConfig
+from bmtpt.runs import load_split, load_train
+from bmtpt.tasks import Example, Task
+
+# a skewed binary task: 90 "yes", 10 "no" (like CoLA's 70/30, only more so)
+ROWS = [Example(f"x{i}", "yes" if i % 10 else "no") for i in range(100)]
+SKEWED = Task(name="skewed", loader=lambda split, data_dir, seed: list(ROWS), verbalizers=("yes", "no"))
+FREE = Task(name="free", loader=lambda split, data_dir, seed: list(ROWS))  # generation: no labels
+
+
+def _cfg(**kw) -> TargetConfig:
+    return TargetConfig(out="unused", task="skewed", method="pt", **kw)
+
+
+def test_balanced_k_shot_takes_the_labels_in_turn():
+    for k in (2, 7, 16):
+        got = load_split(SKEWED, "train", _cfg(seed=3), k, balanced=True)
+        counts = Counter(e.target for e in got)
+        assert len(got) == k == len({e.input for e in got})  # k distinct examples
+        assert abs(counts["yes"] - counts["no"]) <= 1, counts
+
+
+def test_balanced_sample_stops_taking_a_label_that_runs_out():
+    got = load_split(SKEWED, "train", _cfg(), 30, balanced=True)
+    assert Counter(e.target for e in got) == {"no": 10, "yes": 20}
+
+
+def test_plain_sample_is_seeded_and_follows_the_data():
+    a = load_split(SKEWED, "train", _cfg(seed=1), 16)
+    assert a == load_split(SKEWED, "train", _cfg(seed=1), 16)
+    assert a != load_split(SKEWED, "train", _cfg(seed=2), 16)
+    seeds_without_no = sum("no" not in {e.target for e in load_split(SKEWED, "train", _cfg(seed=s), 16)}
+                           for s in range(50))
+    # P(no "no" in 16 of 100 with 10 "no") = C(90,16)/C(100,16) ~ 0.16: a random draw often misses a label
+    assert seeds_without_no > 0
+
+
+def test_load_train_uses_shots_balanced_and_ignores_the_cap():
+    got = load_train(SKEWED, _cfg(shots=8, max_train_examples=50, seed=4))
+    assert len(got) == 8 and Counter(e.target for e in got) == {"yes": 4, "no": 4}
+    assert len(load_train(SKEWED, _cfg(max_train_examples=50))) == 50
+    assert len(load_train(FREE, _cfg(shots=8))) == 8  # no labels: a plain seeded sample
