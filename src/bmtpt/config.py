@@ -138,6 +138,7 @@ class TargetConfig(CommonConfig):
     shots: int | None = opt(None, "k-shot training: k training examples drawn with --seed, taking a classification "
                             "task's labels in turn (balanced); replaces --max-train-examples")
     eval_every: int = opt(50, "evaluate on the dev split every N steps and keep the best prompt")
+    max_dev_examples: int | None = opt(None, "dev examples used to pick the best step (default: --max-eval-examples)")
     eval_mode: str = opt("rank", "rank: rank classification for classification tasks; generate: decode",
                          ("rank", "generate"))
     eval_batch_size: int = opt(32, "rows per forward pass when evaluating")
@@ -149,8 +150,10 @@ class TargetConfig(CommonConfig):
             raise BmtptError("--task is required")
         if self.method != "pt" and not self.posterior:
             raise BmtptError(f"--posterior is required with --method {self.method}")
-        if self.shots is not None and self.shots <= 0:
-            raise BmtptError(f"--shots must be positive, got {self.shots}")
+        for name in ("shots", "max_dev_examples"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {v}")
         for name in ("steps", "eval_every", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

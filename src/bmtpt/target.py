@@ -127,7 +127,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
             raise BmtptError(f"cannot resume {cfg.out}: the posterior in {cfg.posterior} changed since the run started")
     seed_everything(cfg.seed)
     train = load_train(task, cfg)  # data errors before the slow model load
-    dev = load_split(task, "dev", cfg, cfg.max_eval_examples)
+    dev = load_split(task, "dev", cfg, cfg.max_dev_examples or cfg.max_eval_examples)
     test = load_split(task, "test", cfg, cfg.max_eval_examples)
     if model is None:
         model, tokenizer = load_model(cfg, device)
