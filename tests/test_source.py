@@ -96,6 +96,11 @@ def test_svgd_scores_equal_per_particle_autograd(tiny, prior_std):
     chunked, chunk_losses = particle_scores(pm, parts, batch, groups, 3, weights, prior_std, chunk=1)
     torch.testing.assert_close(chunked, scores, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(chunk_losses, losses, atol=1e-6, rtol=1e-5)
+    for chunk, micro in ((None, 2), (3, 4), (1, 6)):  # gradient accumulation: the same scores and losses
+        acc, acc_losses = particle_scores(pm, parts, batch, groups, 3, weights, prior_std, chunk=chunk,
+                                          micro_batches=micro)
+        torch.testing.assert_close(acc, scores, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(acc_losses, losses, atol=1e-6, rtol=1e-5)
 
 
 def test_independent_scores_see_only_their_own_task(tiny):
@@ -112,6 +117,11 @@ def test_independent_scores_see_only_their_own_task(tiny):
         assert [losses[k, j].item() for j in range(3) if j != k] == [0.0, 0.0]
     chunked, _ = particle_scores(pm, parts, batch, groups, 3, weights, 1.5, independent=True, chunk=1)
     torch.testing.assert_close(chunked, scores, atol=1e-6, rtol=1e-5)
+    for chunk, micro in ((None, 3), (2, 7)):  # micro-batches that hold no row of some particle's task, too
+        acc, acc_losses = particle_scores(pm, parts, batch, groups, 3, weights, 1.5, independent=True, chunk=chunk,
+                                          micro_batches=micro)
+        torch.testing.assert_close(acc, scores, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(acc_losses, losses, atol=1e-6, rtol=1e-5)
     # replace task 0's rows by other sentences: only particle 0 moves differently
     other = encode_examples(tok, get_task(TASKS[0]).load("dev")[:2], arch == "t5")
     ins = other.inputs + [x for e in per_task[1:] for x in e.inputs]

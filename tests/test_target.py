@@ -168,3 +168,22 @@ def test_posterior_of_another_width_is_refused(tmp_path, tiny_llama):
                                                       "bandwidth": 1.0, "method": "svgd"})
     with pytest.raises(BmtptError, match="16 wide"):
         run_target(_cfg(tmp_path, "bad", tmp_path), *tiny_llama)
+
+
+@pytest.mark.parametrize("rank_one", [False, True])
+def test_gradient_accumulation_gives_the_same_run(tmp_path, tiny_llama, posterior, rank_one):
+    """--grad-accum splits each batch into micro-batches; the updates (and so the prompts) stay the same."""
+    runs = {}
+    for accum in (1, 3):
+        cfg = _cfg(tmp_path, f"acc{accum}-{rank_one}", posterior[0], grad_accum=accum, prior_weight=0.5,
+                   rank_one=rank_one, batch_size=5, optimizer="sgd", lr=0.5)
+        runs[accum] = run_target(cfg, *tiny_llama)
+        runs[accum].logs = [r for r in _records(tmp_path / f"acc{accum}-{rank_one}") if "nll" in r]
+    torch.testing.assert_close(runs[3].prompt, runs[1].prompt, atol=1e-5, rtol=1e-4)
+    final = {a: load_file(str(tmp_path / f"acc{a}-{rank_one}" / "checkpoint.safetensors")) for a in runs}
+    for key in final[1]:
+        if key.startswith("param/"):  # the last step's parameters, not only the dev-selected prompt
+            torch.testing.assert_close(final[3][key], final[1][key], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(final[1]["param/theta0"], posterior[1].mean(0), atol=1e-3)  # training moved it
+    for a, b in zip(runs[1].logs, runs[3].logs, strict=True):
+        assert b["nll"] == pytest.approx(a["nll"], rel=1e-5) and b["loss"] == pytest.approx(a["loss"], rel=1e-5)

@@ -22,7 +22,7 @@ from torch import Tensor
 from . import __version__
 from .backbone import load_backbone
 from .config import SourceConfig, TargetConfig, opt
-from .data import EpochSampler, batch_of, encode_examples
+from .data import EpochSampler, encode_examples, select_rows
 from .errors import BmtptError
 from .prompted import PromptedModel, mean_loss_by_group
 from .prompts import atomic_save_tensors, init_prompts, save_posterior
@@ -38,6 +38,7 @@ from .runs import (
     seed_everything,
 )
 from .source import SourceResult, mixed_batch, mixing_sizes
+from .target import accumulate_backward
 from .tasks import get_task, parse_task_list
 
 MPT_FACTORS_FILE = "mpt_factors.safetensors"
@@ -120,12 +121,19 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
     log = JsonlLog(out / "metrics.jsonl")
     for step in range(1, cfg.steps + 1):
         batch = mixed_batch(encoded, samplers, per_task, pm.pad_id, pm.is_seq2seq)
-        nll, ntok = pm.example_nll(task_prompts(shared, u, v), batch, prompt_index=groups)
+        ntok = batch.target_mask.sum(-1).to(pm.device)
+        opt_.zero_grad(set_to_none=True)
+        nlls = []
+        for rows in torch.arange(len(groups)).tensor_split(cfg.grad_accum):  # gradient accumulation
+            if len(rows):
+                nll, _ = pm.example_nll(task_prompts(shared, u, v), select_rows(batch, rows),
+                                        prompt_index=groups[rows.to(groups.device)])
+                (nll.sum() / ntok.sum().clamp_min(1)).backward()  # the whole batch's token count
+                nlls.append(nll.detach())
+        nll = torch.cat(nlls)
         loss = nll.sum() / ntok.sum().clamp_min(1)
         if not torch.isfinite(loss):
             raise BmtptError(f"loss became non-finite at step {step} of the MPT source stage (try a lower lr)")
-        opt_.zero_grad(set_to_none=True)
-        loss.backward()
         opt_.step()
         if step % cfg.log_every == 0 or step == cfg.steps:
             per = mean_loss_by_group(nll.detach(), ntok, groups, num)
@@ -188,12 +196,10 @@ def train_probe(cfg: TargetConfig, steps: int, length: int, model, tokenizer) ->
     prompt = torch.nn.Parameter(init.to(pm.device))
     opt_ = make_optimizer([{"params": [prompt], "lr": cfg.lr}], cfg.optimizer, cfg.weight_decay)
     for step in range(1, steps + 1):
-        batch = batch_of(enc, sampler.take(cfg.batch_size), pm.pad_id, pm.is_seq2seq)
-        nll, ntok = pm.example_nll(prompt[None], batch)
-        loss = nll.sum() / ntok.sum().clamp_min(1)
+        opt_.zero_grad(set_to_none=True)
+        loss, _ = accumulate_backward(pm, lambda: prompt, None, 0.0, enc, sampler.take(cfg.batch_size),
+                                      cfg.grad_accum)
         if not torch.isfinite(loss):
             raise BmtptError(f"loss became non-finite at step {step} of the SPoT probe on {task.name}")
-        opt_.zero_grad(set_to_none=True)
-        loss.backward()
         opt_.step()
     return prompt.detach().float().cpu(), steps * cfg.batch_size

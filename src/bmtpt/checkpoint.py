@@ -35,7 +35,8 @@ META_KEY = "bmtpt_checkpoint"
 # fast the run computes (or how it reports), not what it computes. The run folder and the posterior
 # may be spelled differently or moved (the target stage checks the posterior's content by its digest).
 RESUME_FREE_OPTIONS = ("out", "posterior", "resume", "overwrite", "progress", "device", "particle_chunk",
-                       "eval_batch_size", "checkpoint_every", "trust_remote_code", "gradient_checkpointing")
+                       "eval_batch_size", "checkpoint_every", "trust_remote_code", "gradient_checkpointing",
+                       "grad_accum")
 
 
 @dataclass

@@ -37,6 +37,8 @@ class CommonConfig:
     particle_chunk: int | None = opt(None, "evaluate at most this many prompts per forward pass (caps memory)")
     gradient_checkpointing: bool = opt(False, "recompute the backbone's layers in the backward pass: less activation "
                                        "memory for about a third more compute (see benchmarks/README.md)")
+    grad_accum: int = opt(1, "gradient accumulation: run each step's --batch-size examples as N micro-batches, one "
+                          "after another, and sum their gradients (the same update; activations of 1/N of the batch)")
     log_every: int = opt(10, "log losses every N steps to metrics.jsonl")
     seed: int = opt(0, "random seed (prompt init, data order)")
     trust_remote_code: bool = opt(False, "allow the backbone's own Python code from the hub to run")
@@ -52,13 +54,16 @@ class CommonConfig:
         if not self.out:
             raise BmtptError("--out is required")
         for name in ("prompt_length", "batch_size", "max_input_tokens", "max_target_tokens", "log_every",
-                     "checkpoint_every"):
+                     "checkpoint_every", "grad_accum"):
             if getattr(self, name) <= 0:
                 raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("max_train_examples", "max_eval_examples", "particle_chunk"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {v}")
+        if self.grad_accum > self.batch_size:
+            raise BmtptError(f"--grad-accum {self.grad_accum} exceeds --batch-size {self.batch_size}: a micro-batch "
+                             "needs at least one example")
         if not self.lr > 0 or self.lr == float("inf"):
             raise BmtptError(f"--lr must be positive and finite, got {self.lr}")
         if not self.weight_decay >= 0:

@@ -97,6 +97,14 @@ def collate(inputs: Sequence[list[int]], targets: Sequence[list[int]], pad_id: i
     return Batch(ids, mask, tgt, tmask)
 
 
+def select_rows(batch: Batch, rows: torch.Tensor) -> Batch:
+    """The batch's rows `rows` (the batch itself, uncopied, when they are all of it in order)."""
+    rows = rows.cpu()
+    if len(rows) == len(batch.input_ids) and bool((rows == torch.arange(len(rows))).all()):
+        return batch
+    return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.target_ids[rows], batch.target_mask[rows])
+
+
 def batch_of(enc: Encoded, indices: Sequence[int], pad_id: int, is_seq2seq: bool) -> Batch:
     """The batch of the given example indices."""
     return collate([enc.inputs[i] for i in indices], [enc.targets[i] for i in indices], pad_id, is_seq2seq)

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import Checkpoint, check_resume_options, load_checkpoint, save_checkpoint
 from .config import SourceConfig, parse_likelihood_scale
-from .data import Batch, EpochSampler, collate, encode_examples
+from .data import Batch, EpochSampler, collate, encode_examples, select_rows
 from .errors import BmtptError
-from .prompted import PromptedModel, mean_loss_by_group
+from .prompted import PromptedModel
 from .prompts import init_prompts, save_posterior
 from .runs import (
     JsonlLog,
@@ -94,41 +94,49 @@ def mixed_batch(encoded: list, samplers: list, per_task: list[int], pad_id: int,
 
 def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor, num_tasks: int,
                     weights: Tensor, prior_std: float | None, independent: bool = False,
-                    chunk: int | None = None) -> tuple[Tensor, Tensor]:
+                    chunk: int | None = None, micro_batches: int = 1) -> tuple[Tensor, Tensor]:
     """Scores grad log p(theta_m | sources), (M, l, d), and per-particle per-task mean losses, (M, K).
 
     svgd: every particle sees every example (M*B rows). independent: particle k sees only the rows of
-    task k (B rows). `chunk` caps the particles per forward pass; gradients accumulate across chunks.
+    task k (B rows). `chunk` caps the particles per forward pass and `micro_batches` splits the examples
+    into that many passes (gradient accumulation); either way the gradients accumulate into the same
+    scores, because each pass divides its summed NLL by the token count of the *whole* batch.
     """
     m = particles.shape[0]
     leaf = particles.detach().requires_grad_(True)
     losses = torch.zeros(m, num_tasks)
+    dev = groups.device
+    # target tokens of each task in the whole batch: the denominators of the per-task mean losses
+    counts = torch.zeros(num_tasks, device=dev).index_add(0, groups, batch.target_mask.to(dev).sum(-1).float())
+    counts = counts.clamp_min(1)
+    w = weights.to(dev)
     chunk = chunk or m
+    parts = [r for r in torch.arange(len(groups), device=dev).tensor_split(max(1, micro_batches)) if len(r)]
     for a in range(0, m, chunk):
         b = min(m, a + chunk)
-        if independent:
-            rows = (groups >= a) & (groups < b)
-            sub = _select(batch, rows)
-            nll, ntok = pm.example_nll(leaf[a:b], sub, prompt_index=groups[rows] - a)
-            task_loss = mean_loss_by_group(nll, ntok, groups[rows] - a, b - a)  # (b-a,)
-            per = torch.zeros(b - a, num_tasks, device=task_loss.device)
-            per[torch.arange(b - a), torch.arange(a, b)] = task_loss
-        else:
-            nll, ntok = pm.example_nll(leaf[a:b], batch)  # rows particle-major: (b-a) * B
-            g = (torch.arange(b - a, device=groups.device).repeat_interleave(len(groups)) * num_tasks
-                 + groups.repeat(b - a))
-            per = mean_loss_by_group(nll, ntok, g, (b - a) * num_tasks).view(b - a, num_tasks)
-        log_lik = -(per * weights.to(per.device)).sum(-1)  # (b-a,)
-        log_post = log_lik.sum()
-        if prior_std is not None:
-            log_post = log_post - (leaf[a:b].float() ** 2).sum() / (2 * prior_std**2)
-        (-log_post).backward()
-        losses[a:b] = per.detach().float().cpu()
+        log_post = torch.zeros((), device=dev)
+        if prior_std is not None:  # once per particle, not once per micro-batch
+            log_post = -(leaf[a:b].float() ** 2).sum() / (2 * prior_std**2)
+        for rows in parts:
+            g = groups[rows]
+            if independent:  # particle k sees only the rows of task k
+                mine = (g >= a) & (g < b)
+                if not mine.any():
+                    continue
+                rows, g = rows[mine], g[mine]
+                nll, _ = pm.example_nll(leaf[a:b], select_rows(batch, rows), prompt_index=g - a)
+                flat = g * num_tasks + g  # (particle g, task g): the diagonal of the (M, K) loss matrix
+                tot = torch.zeros(m * num_tasks, device=nll.device).index_add(0, flat, nll.float())
+                per = tot.view(m, num_tasks)[a:b] / counts
+            else:  # rows particle-major: (b-a) * len(rows)
+                nll, _ = pm.example_nll(leaf[a:b], select_rows(batch, rows))
+                flat = torch.arange(b - a, device=dev).repeat_interleave(len(rows)) * num_tasks + g.repeat(b - a)
+                tot = torch.zeros((b - a) * num_tasks, device=nll.device).index_add(0, flat, nll.float())
+                per = tot.view(b - a, num_tasks) / counts
+            (-(log_post - (per * w).sum())).backward()
+            log_post = torch.zeros((), device=dev)
+            losses[a:b] += per.detach().float().cpu()
     return -leaf.grad.detach(), losses
-
-
-def _select(batch: Batch, rows: Tensor) -> Batch:
-    return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.target_ids[rows], batch.target_mask[rows])
 
 
 def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
@@ -192,7 +200,7 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     for step in bar:
         batch = mixed_batch(encoded, samplers, per_task, pm.pad_id, pm.is_seq2seq)
         scores, losses = particle_scores(pm, particles, batch, groups, len(tasks), weights, cfg.prior_std,
-                                         independent, cfg.particle_chunk)
+                                         independent, cfg.particle_chunk, cfg.grad_accum)
         bad = [names[k] for k in range(len(tasks)) if not torch.isfinite(losses[:, k]).all()]
         if bad:
             raise nonfinite(step, "the loss", bad)

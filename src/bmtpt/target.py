@@ -173,16 +173,12 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps,
                desc=f"target {task.name} ({cfg.method})", disable=not cfg.progress)
     for step in bar:
-        batch = batch_of(enc, sampler.take(cfg.batch_size), pm.pad_id, pm.is_seq2seq)
-        theta = current()
-        nll, ntok = pm.example_nll(theta[None], batch)
-        nll_mean = nll.sum() / ntok.sum().clamp_min(1)
-        log_prior = prior(theta) if prior is not None else torch.zeros((), device=device)
+        ids = sampler.take(cfg.batch_size)
+        opt.zero_grad(set_to_none=True)
+        nll_mean, log_prior = accumulate_backward(pm, current, prior, lam, enc, ids, cfg.grad_accum)
         loss = nll_mean - lam * log_prior
         if not torch.isfinite(loss):
             raise _nonfinite("the loss", step, task.name, out, last_saved)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         params = [p for g in groups for p in g["params"]]
         if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
             raise _nonfinite("the gradient", step, task.name, out, last_saved)
@@ -219,6 +215,30 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
                        "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
                        "metrics": metrics, "hyperparameters": cfg.to_dict()}, out / "target.json")
     return TargetResult(best_prompt.cpu(), metrics, out)
+
+
+def accumulate_backward(pm: PromptedModel, current, prior, lam: float, enc, ids: list[int], micro_batches: int
+                ) -> tuple[Tensor, Tensor]:
+    """Backpropagate one step's loss (mean token NLL - lam * log prior) over `micro_batches` passes.
+
+    Each pass divides its summed NLL by the token count of the whole batch, so the accumulated gradient
+    is the full batch's; the prior enters once. Returns the (detached) mean NLL and log prior.
+    """
+    parts = [p for p in torch.tensor(ids).tensor_split(micro_batches) if len(p)]
+    ntok = sum(len(enc.targets[i]) for i in ids)
+    nll_sum = torch.zeros((), device=pm.device)
+    log_prior = torch.zeros((), device=pm.device)
+    for n, part in enumerate(parts):
+        theta = current()  # rebuilt per pass: backward frees the graph of the rank-one product
+        nll, _ = pm.example_nll(theta[None], batch_of(enc, part.tolist(), pm.pad_id, pm.is_seq2seq))
+        loss = nll.sum() / max(ntok, 1)
+        if n == 0 and prior is not None:
+            log_prior = prior(theta)
+            loss = loss - lam * log_prior
+        if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
+            loss.backward()
+        nll_sum = nll_sum + nll.detach().sum()
+    return nll_sum / max(ntok, 1), log_prior.detach()
 
 
 def _nonfinite(what: str, step: int, task: str, out: Path, last_saved: int | None) -> BmtptError:
