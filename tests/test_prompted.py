@@ -186,3 +186,23 @@ def test_causal_rank_classify_shares_the_prefix_and_matches_a_full_pass_per_cand
     pm._cache_ok = False  # one full (prompt + input + candidate) row per candidate
     _, full = pm.rank_classify(prompt, examples, verbalizers, batch_size=6)
     assert torch.allclose(shared, full, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_training_forward_matches_eager(tiny_llama):
+    """--compile: torch.compile'd training forward gives the eager NLL and gradient (needs a C++ compiler)."""
+    import shutil
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on a CPU needs a C++ compiler (none on PATH)")
+    model, tok = tiny_llama
+    _, batch = _batch("llama", tok)
+    grads = {}
+    for compiled in (False, True):
+        pm = PromptedModel(model, tok, compile=compiled)
+        prompts = _prompts(2).requires_grad_(True)
+        nll, ntok = pm.example_nll(prompts, batch)
+        (nll.sum() / ntok.sum()).backward()
+        grads[compiled] = (nll.detach(), prompts.grad)
+    torch.testing.assert_close(grads[True][0], grads[False][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grads[True][1], grads[False][1], atol=1e-4, rtol=1e-4)

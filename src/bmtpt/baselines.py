@@ -92,8 +92,7 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
     seed_everything(cfg.seed)
     if model is None:
         model, tokenizer = load_backbone(cfg.model, cfg.trust_remote_code, device=device)
-    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens,
-                       gradient_checkpointing=cfg.gradient_checkpointing)
+    pm = PromptedModel.for_run(model, tokenizer, cfg)
 
     encoded, samplers = [], []
     for k, task in enumerate(tasks):  # the same data pipeline as the SVGD source stage
@@ -187,8 +186,7 @@ def train_probe(cfg: TargetConfig, steps: int, length: int, model, tokenizer) ->
         raise BmtptError(f"spot steps must be positive, got {steps}")
     task = get_task(cfg.task)
     seed_everything(cfg.seed)
-    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens,
-                       gradient_checkpointing=cfg.gradient_checkpointing)
+    pm = PromptedModel.for_run(model, tokenizer, cfg)
     examples = load_train(task, cfg)
     enc = encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens, cfg.max_target_tokens)
     sampler = EpochSampler(len(enc), cfg.seed)

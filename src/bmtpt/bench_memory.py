@@ -89,10 +89,10 @@ def _memory_child(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     model, tok = build_backbone(spec["backbone"], "cpu", spec["seed"], spec["trust_remote_code"])
     pm = PromptedModel(model, tok, spec["precision"], gradient_checkpointing=spec["gradient_checkpointing"],
-                       full_logits=spec["full_logits"])
+                       full_logits=spec["full_logits"], compile=spec.get("compile", False))
     work = make_workload(model, spec["batch_size"], spec["seq_len"], spec["target_len"], spec["prompt_length"],
                          spec["particles"], spec["tasks"], spec["seed"])
-    step = svgd_step(pm, work, spec["optimizer"], spec["chunk"])
+    step = svgd_step(pm, work, spec["optimizer"], spec["chunk"], spec.get("micro_batches", 1))
     _trim_heap()
     base = (_status_kib("VmRSS") or 0) * 1024 or _maxrss_bytes()
     secs = timed(step, "cpu")

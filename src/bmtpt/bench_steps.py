@@ -104,9 +104,9 @@ def tokens_per_row(work: Workload) -> int:
 
 
 # ----------------------------------------------------------------------------- steps
-def svgd_step(pm, work: Workload, optimizer: str = "adafactor", chunk: int | None = None):
+def svgd_step(pm, work: Workload, optimizer: str = "adafactor", chunk: int | None = None, micro_batches: int = 1):
     """A closure running one SVGD step of `bmtpt source` (collate, scores, kernel, optimiser) on its own
-    particles and optimiser."""
+    particles and optimiser (`micro_batches`: --grad-accum)."""
     import torch
 
     from .data import collate
@@ -120,7 +120,7 @@ def svgd_step(pm, work: Workload, optimizer: str = "adafactor", chunk: int | Non
     def step():
         batch = collate(work.inputs, work.targets, pm.pad_id, pm.is_seq2seq)
         scores, losses = particle_scores(pm, particles, batch, work.groups, work.num_tasks, work.weights, None,
-                                         False, chunk)
+                                         False, chunk, micro_batches)
         if not torch.isfinite(losses).all() or not torch.isfinite(scores).all():
             raise BmtptError("the benchmark's loss became non-finite")
         terms = svgd_terms(particles.detach(), scores, None)

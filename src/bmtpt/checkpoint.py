@@ -36,7 +36,7 @@ META_KEY = "bmtpt_checkpoint"
 # may be spelled differently or moved (the target stage checks the posterior's content by its digest).
 RESUME_FREE_OPTIONS = ("out", "posterior", "resume", "overwrite", "progress", "device", "particle_chunk",
                        "eval_batch_size", "checkpoint_every", "trust_remote_code", "gradient_checkpointing",
-                       "grad_accum")
+                       "grad_accum", "compile")
 
 
 @dataclass

@@ -37,6 +37,8 @@ class CommonConfig:
     particle_chunk: int | None = opt(None, "evaluate at most this many prompts per forward pass (caps memory)")
     gradient_checkpointing: bool = opt(False, "recompute the backbone's layers in the backward pass: less activation "
                                        "memory for about a third more compute (see benchmarks/README.md)")
+    compile: bool = opt(False, "torch.compile the backbone's training forward (dynamic shapes; the first steps pay "
+                        "the compilation; needs a C++ compiler on a CPU; see benchmarks/README.md for its effect)")
     grad_accum: int = opt(1, "gradient accumulation: run each step's --batch-size examples as N micro-batches, one "
                           "after another, and sum their gradients (the same update; activations of 1/N of the batch)")
     log_every: int = opt(10, "log losses every N steps to metrics.jsonl")

@@ -107,7 +107,7 @@ class PromptedModel:
     """
 
     def __init__(self, model, tokenizer, precision: str = "fp32", max_input_tokens: int = 256,
-                 gradient_checkpointing: bool = False, full_logits: bool = False):
+                 gradient_checkpointing: bool = False, full_logits: bool = False, compile: bool = False):  # noqa: A002
         self.model, self.tokenizer = model, tokenizer
         model.requires_grad_(False)  # a model passed in directly (not via load_backbone) must stay frozen too
         self.is_seq2seq = is_seq2seq_config(model.config)
@@ -126,6 +126,15 @@ class PromptedModel:
         self._layers = checkpoint_layers(model) if gradient_checkpointing else []
         if gradient_checkpointing and not self._layers:
             raise BmtptError(f"gradient checkpointing: found no repeated layers in {type(model).__name__}")
+        # `compile`: the training forward goes through torch.compile (dynamic shapes, since every batch pads
+        # to its own length); evaluation and generation stay eager, where the KV cache and generate() live
+        self._train_forward = torch.compile(model, dynamic=True) if compile else model
+
+    @classmethod
+    def for_run(cls, model, tokenizer, cfg) -> PromptedModel:
+        """The PromptedModel of a training run: precision, truncation, checkpointing and compile from `cfg`."""
+        return cls(model, tokenizer, cfg.precision, cfg.max_input_tokens,
+                   gradient_checkpointing=cfg.gradient_checkpointing, compile=getattr(cfg, "compile", False))
 
     @property
     def embed_dim(self) -> int:
@@ -171,14 +180,14 @@ class PromptedModel:
             if self.is_seq2seq:
                 labels = tgt.masked_fill(tmask == 0, -100)
                 dec_in = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
-                return self.model(inputs_embeds=x, attention_mask=mask, decoder_input_ids=dec_in,
-                                  use_cache=False).logits
+                return self._train_forward(inputs_embeds=x, attention_mask=mask, decoder_input_ids=dec_in,
+                                           use_cache=False).logits
             # Positions from the mask: padding (between prompt and text) never shifts positions.
             pos = (mask.cumsum(-1) - 1).clamp_min(0)
             t = tgt.shape[1]
             kw = {"logits_to_keep": t + 1} if self._keep_logits else {}
-            logits = self.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False,
-                                **kw).logits
+            logits = self._train_forward(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False,
+                                         **kw).logits
             return logits[:, -(t + 1):-1]  # position i predicts token i + 1
 
     @staticmethod

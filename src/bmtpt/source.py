@@ -162,8 +162,7 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     train = [load_split(task, "train", cfg, cfg.max_train_examples) for task in tasks]  # data errors before the model
     if model is None:
         model, tokenizer = load_model(cfg, device)
-    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens,
-                       gradient_checkpointing=cfg.gradient_checkpointing)
+    pm = PromptedModel.for_run(model, tokenizer, cfg)
 
     # tokenise each data set once; steps only cut batches from the ids
     encoded = [encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens, cfg.max_target_tokens)

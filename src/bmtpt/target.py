@@ -135,8 +135,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     if particles is not None and particles.shape[2] != width:
         raise BmtptError(f"the posterior's prompts are {particles.shape[2]} wide but backbone {cfg.model} embeds "
                          f"in {width}: was it trained on another backbone ({meta.get('backbone')})?")
-    pm = PromptedModel(model, tokenizer, cfg.precision, cfg.max_input_tokens,
-                       gradient_checkpointing=cfg.gradient_checkpointing)
+    pm = PromptedModel.for_run(model, tokenizer, cfg)
     pm.progress = cfg.progress
     device = pm.device
 
