@@ -47,6 +47,8 @@ def _check_result(res: dict, causal: bool) -> None:
              "chunk_peak_vs_single"} | ({"naive_speedup"} if causal else set())
     assert set(res["checks"]) == names
     assert res["checks"]["no_backbone_grads"]["pass"] is True
+    share = res["main"]["outside_backbone_attributed_share"]
+    assert 0 < share < 1 and res["checks"]["outside_backbone_share"]["value"] == share
     for ch in res["checks"].values():
         assert {"value", "target", "op", "pass"} <= set(ch)
     if causal:
@@ -168,3 +170,22 @@ def test_full_logits_gives_the_same_nll(tiny_llama):
     a, _ = PromptedModel(model, tok).token_nll(prompts, batch)
     b, _ = PromptedModel(model, tok, full_logits=True).token_nll(prompts, batch)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_attributed_step_splits_the_step_and_restores_the_model(tiny):
+    """The in-step split: backbone time is positive and below the step's; the patches are undone after."""
+    import torch
+
+    from bmtpt.bench_steps import attributed_step, make_workload
+    from bmtpt.prompted import PromptedModel
+
+    arch, model, tok = tiny
+    pm = PromptedModel(model, tok)
+    work = make_workload(model, 2, 6, 2, 3, 2, 2, 0)
+    run = attributed_step(pm, work, "adam")
+    backward = torch.Tensor.backward
+    for _ in range(2):
+        run()
+        total, backbone = run.last
+        assert 0 < backbone < total
+    assert "backbone_logits" not in vars(pm) and torch.Tensor.backward is backward

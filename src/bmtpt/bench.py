@@ -8,9 +8,11 @@ machine that slows down mid-run slows all of them alike. What is measured:
 1. batched vs sequential: one SVGD step on M particles through bmtpt's own code (collate,
    `source.particle_scores`, `svgd.svgd_terms`, optimiser step) against M single-prompt prompt-tuning
    steps (the loop of `bmtpt target`) on the same examples;
-2. outside-backbone share: (SVGD step - backbone forward/backward alone) / SVGD step, with the same
-   rows; the backbone part is `PromptedModel.backbone_logits` plus the backward from its logits. The
-   directly timed pieces (collate, rows, kernel, optimiser) are listed too;
+2. outside-backbone share, attributed within the same steps (the checked figure): the time inside
+   `PromptedModel.backbone_logits` and inside each backward pass from the logits' gradient on is the
+   backbone's, the rest of the step is bmtpt's. Also reported: (SVGD step - backbone forward/backward
+   alone) / SVGD step, a difference of medians over separate calls, and the directly timed pieces
+   (collate, rows, kernel, optimiser);
 3. forward+backward vs forward-only (no_grad) of the frozen backbone; the backward computes the
    gradient of the input embeddings only, and no backbone parameter may hold a .grad afterwards;
 4. peak memory of one SVGD step against M and the batch size, tokens per second, and the particle
@@ -52,6 +54,7 @@ from .bench_steps import (
     SHAPE_PRESETS,
     T5_IDS,
     Workload,
+    attributed_step,
     backbone_passes,
     build_backbone,
     interleaved,
@@ -66,7 +69,8 @@ from .config import opt
 from .errors import BmtptError
 
 __all__ = [
-    "LLAMA_IDS", "LR", "SHAPE_PRESETS", "T5_IDS", "TARGETS", "SpeedConfig", "Workload", "backbone_passes",
+    "LLAMA_IDS", "LR", "SHAPE_PRESETS", "T5_IDS", "TARGETS", "SpeedConfig", "Workload", "attributed_step",
+    "backbone_passes",
     "bf16_native", "build_backbone", "cmd_bench", "cpu_info", "default_precisions", "describe_machine",
     "format_table", "hwm_supported", "interleaved", "make_checks", "make_workload", "overhead_parts", "peak_bytes",
     "peak_in_subprocess", "run_speed", "sequential_steps", "svgd_step", "timed", "tokens_per_row",
@@ -220,6 +224,13 @@ class _Run:
         self.log(f"  main ({precision}): {c.repeats} repeats of {len(fns)} measurements ...")
         t = interleaved(fns, c.repeats, c.warmup, self.device)
         parts = interleaved(overhead_parts(pm, work, c.optimizer), max(c.repeats, 5), 1, self.device)
+        attributed = attributed_step(pm, work, c.optimizer)
+        splits = []
+        for i in range(c.warmup + c.repeats):
+            attributed()
+            if i >= c.warmup:
+                splits.append(attributed.last)
+        inside = [(tot - bb) / tot for tot, bb in splits if tot > 0]
         step, seq = _median(t["svgd_step"]), _median(t["sequential"])
         fwd_bwd, fwd = _median(t["backbone_fwd_bwd"]), _median(t["backbone_fwd"])
         outside = _median([a - b for a, b in zip(t["svgd_step"], t["backbone_fwd_bwd"])])
@@ -233,6 +244,7 @@ class _Run:
             "backbone_fwd_grad_s": _median(t["backbone_fwd_grad"]),
             "fwd_bwd_vs_fwd": _ratio(fwd_bwd, fwd),
             "outside_backbone_s": outside, "outside_backbone_share": outside / step if step > 0 else math.inf,
+            "outside_backbone_attributed_share": _median(inside) if inside else math.inf,
             "outside_parts_s": {k: _median(v) for k, v in parts.items()},
             "outside_parts_share": sum(_median(v) for v in parts.values()) / step if step > 0 else math.inf,
             "tokens_per_s": tokens / step if step > 0 else None,

@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Diagnostics of a finished (or partial) `bmtpt experiment` folder, as markdown: what the averages hide.
+
+    python benchmarks/analyse_grid.py runs/cpu-smollm2 > benchmarks/results/cpu-smollm2/analysis.md
+
+1. Paired differences: each method against `pt` (and `bmtpt` against `avg`) on the same (task, seed,
+   shots) cells: mean difference, its standard error and a sign test (scipy's exact binomial test).
+2. How often the dev-selected prompt is the step-0 one (target training never beat its initialisation on
+   the dev set): when that is the common case, the table compares initialisations, not training.
+3. Each source stage's task losses at its first and last logged step, and for SVGD the kernel width,
+   the particles' mean distance and the repulsion's size against the drive's (why M particles behave
+   like M independent runs when the repulsion is a small fraction of the drive).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from scipy.stats import binomtest
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+
+
+def paired(rows: list[dict], method: str, base: str) -> str | None:
+    """One markdown table row: `method` - `base` over their common cells, per shots setting."""
+    by = {(r["method"], r["task"], r["seed"], r["shots"]): r["test_score"] for r in rows}
+    out = []
+    for shots in sorted({r["shots"] for r in rows}, key=lambda s: s or 0):
+        diffs = [by[(method, t, s, k)] - by[(base, t, s, k)] for (m, t, s, k) in by
+                 if m == method and k == shots and (base, t, s, k) in by]
+        if not diffs:
+            continue
+        n, mean = len(diffs), statistics.fmean(diffs)
+        se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else float("nan")
+        wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+        p = binomtest(wins, wins + losses).pvalue if wins + losses else 1.0
+        label = f"k={shots}" if shots else "full"
+        out.append(f"| {method} − {base} | {label} | {n} | {mean:+.1f} | {se:.1f} | {wins}/{n - wins - losses}/{losses}"
+                   f" | {p:.2f} |")
+    return "\n".join(out) or None
+
+
+def main(argv: list[str]) -> int:
+    """Print the diagnostics of the experiment folder argv[0]."""
+    if len(argv) != 1 or not (Path(argv[0]) / "results.jsonl").is_file():
+        print("usage: analyse_grid.py EXPERIMENT_OUT_FOLDER (one holding results.jsonl)", file=sys.stderr)
+        return 2
+    out = Path(argv[0])
+    rows = _rows(out)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    print(f"# Diagnostics of {out.name} ({len(rows)} cells)\n")
+    print("## Paired differences of test scores (same task, seed and shots)\n")
+    print("| comparison | setting | cells | mean diff | std err | wins/ties/losses | sign test p |")
+    print("|---|---|---|---|---|---|---|")
+    pairs = [(m, "pt") for m in methods if m != "pt"] + [("bmtpt", "avg"), ("bmtpt", "bmtpt-noprior")]
+    for m, b in pairs:
+        if m in methods and b in methods and (line := paired(rows, m, b)):
+            print(line)
+    print("\n## How often the dev-selected prompt is the initial one (best step 0)\n")
+    print("| method | setting | cells | best step 0 | mean test, best step 0 | mean test, trained |")
+    print("|---|---|---|---|---|---|")
+    groups: dict = defaultdict(list)
+    for r in rows:
+        groups[(r["method"], r["shots"] or 0)].append(r)
+    for (m, k), rs in sorted(groups.items(), key=lambda kv: (methods.index(kv[0][0]), kv[0][1])):
+        init = [r["test_score"] for r in rs if r["best_step"] == 0]
+        trained = [r["test_score"] for r in rs if r["best_step"] != 0]
+        fmt = lambda xs: f"{statistics.fmean(xs):.1f}" if xs else "-"  # noqa: E731
+        print(f"| {m} | {f'k={k}' if k else 'full'} | {len(rs)} | {len(init)} ({100 * len(init) / len(rs):.0f}%) "
+              f"| {fmt(init)} | {fmt(trained)} |")
+    print("\n## Source stages\n")
+    print("| stage | step | " + " | ".join(["task losses (first → last)", "bandwidth", "mean distance",
+                                           "repulsion / drive"]) + " |")
+    print("|---|---|---|---|---|---|")
+    for d in sorted((out / "sources").glob("*/metrics.jsonl")):
+        recs = [json.loads(line) for line in d.read_text().splitlines() if line.strip()]
+        recs = [r for r in recs if "loss" in r]
+        if not recs:
+            continue
+        first, last = recs[0], recs[-1]
+        tasks = [k[len("loss/"):] for k in last if k.startswith("loss/")]
+        losses = ", ".join(f"{t} {first[f'loss/{t}']:.2f} → {last[f'loss/{t}']:.2f}" for t in tasks)
+        svgd = last.get("drive_norm") and last.get("mean_distance")
+        rep = f"{last['repulse_norm'] / last['drive_norm']:.3f}" if svgd else "-"
+        bw = f"{last['bandwidth']:.1f}" if svgd else "-"
+        dist = f"{last['mean_distance']:.2f}" if svgd else "-"
+        print(f"| {d.parent.name} | {first['step']} → {last['step']} | {losses} | {bw} | {dist} | {rep} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
