@@ -191,3 +191,37 @@ def test_cli_render_only(grid, tmp_path, capsys, monkeypatch):
     assert main(["experiment", str(path), "--render-only"]) == 2
     assert "nothing to render" in capsys.readouterr().err
     assert json.loads((out / "experiment.json").read_text())["name"] == "grid"
+
+
+def test_a_cell_killed_mid_run_resumes_from_its_checkpoint(tmp_path, tiny_llama, monkeypatch):
+    """A crash inside a target run (after its step-2 checkpoint) is continued, not restarted, by the next
+    call, and ends with the scores of the uninterrupted grid."""
+    import bmtpt.target as target
+
+    cfg = _config(tmp_path / "exp", seeds=[0], methods=["bmtpt"], log_every=1,
+                  target={"steps": 4, "eval_every": 1, "checkpoint_every": 2, "max_train_examples": 12,
+                          "max_eval_examples": 8})
+    real_eval, calls = target.evaluate_prompt, []
+
+    def dying_eval(*a, **k):  # dev evaluations at steps 0..3; step 3 dies, after the step-2 checkpoint
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("killed")
+        return real_eval(*a, **k)
+
+    monkeypatch.setattr(target, "evaluate_prompt", dying_eval)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_experiment(cfg, *tiny_llama, plots=False, echo=None)
+    cell = tmp_path / "exp" / "cells" / "bmtpt" / "synth-product" / "full-seed0"
+    assert (cell / "checkpoint.safetensors").is_file() and not (cell / "target.json").exists()
+    monkeypatch.setattr(target, "evaluate_prompt", real_eval)
+    seen = []
+    real_resume = experiment.resume_or_restart
+    monkeypatch.setattr(experiment, "resume_or_restart", lambda c, *a: seen.append(r := real_resume(c, *a)) or r)
+    res = run_experiment(cfg, *tiny_llama, plots=False, echo=None)
+    assert res.ran == 1 and [c.resume for c in seen if hasattr(c, "task")] == [True]
+    recs = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "nll" in r] == [1, 2, 3, 4]  # step 3's first try was cut back, not repeated
+    fresh = run_experiment(_config(tmp_path / "fresh", seeds=[0], methods=["bmtpt"], log_every=1, target=cfg["target"]),
+                           *tiny_llama, plots=False, echo=None)
+    assert res.records[0]["test"] == fresh.records[0]["test"] and res.records[0]["dev"] == fresh.records[0]["dev"]

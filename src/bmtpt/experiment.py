@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .baselines import spot_select, train_mpt_source, train_probe
+from .checkpoint import CHECKPOINT_FILE, check_resume_options, read_checkpoint_meta
 from .errors import BmtptError
 from .expconfig import Cell, ExperimentConfig, Plan, Stage, load_experiment, plan_experiment
 from .prompts import atomic_save_tensors, atomic_write_json, load_posterior
@@ -96,6 +97,23 @@ class _Backbone:
         return self.model, self.tokenizer
 
 
+def resume_or_restart(cfg, kind: str, marker: str):
+    """`cfg` set to continue the half-finished run in cfg.out from its checkpoint (a killed grid loses
+    at most --checkpoint-every steps of the cell it was in), or unchanged (start over) where there is no
+    checkpoint, the run is already finished (`marker` exists) or its options no longer match."""
+    out = Path(cfg.out)
+    if (out / marker).is_file() or not (out / CHECKPOINT_FILE).is_file():
+        return cfg
+    try:
+        meta = read_checkpoint_meta(out)
+        if meta.get("kind") != kind:
+            return cfg
+        check_resume_options(meta["config"], cfg.to_dict(), out)
+    except (BmtptError, KeyError):
+        return cfg
+    return dataclasses.replace(cfg, resume=True, overwrite=False)
+
+
 def ensure_stage(stage: Stage, backbone: Callable, cache: dict) -> tuple:
     """(particles, posterior meta) of a source stage, training it unless its folder already holds it."""
     if stage.key in cache:
@@ -108,7 +126,10 @@ def ensure_stage(stage: Stage, backbone: Callable, cache: dict) -> tuple:
         except BmtptError:
             pass  # a damaged stage is trained again (its folder is overwritten)
     model, tokenizer = backbone()
-    (train_mpt_source if stage.kind == "mpt" else run_source)(stage.cfg, model, tokenizer)
+    if stage.kind == "mpt":  # the MPT baseline's stage has no checkpoints
+        train_mpt_source(stage.cfg, model, tokenizer)
+    else:
+        run_source(resume_or_restart(stage.cfg, "source", "posterior.json"), model, tokenizer)
     cache[stage.key] = load_posterior(folder)
     return cache[stage.key]
 
@@ -126,7 +147,7 @@ def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
         names = meta.get("source_tasks", [])
         spot = {"chosen": k, "chosen_task": names[k] if k < len(names) else None,
                 "similarities": [round(float(s), 6) for s in sims]}
-    res = run_target(cfg, model, tokenizer)
+    res = run_target(resume_or_restart(cfg, "target", "target.json"), model, tokenizer)
     if spot is not None:  # written after run_target, which clears the folder's result files
         atomic_save_tensors({"prompt": probe}, res.out / "spot_probe.safetensors")
         atomic_write_json(spot, res.out / "spot.json")
