@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model, tok = load_backbone(a.model)
     pm = PromptedModel(model, tok, max_input_tokens=64)
-    if pm.is_seq2seq or not pm._cache_ok:
+    cache_arg = pm._cache_arg
+    if pm.is_seq2seq or not cache_arg:
         print("error: the shared-prefix path applies to causal LMs with a key/value cache", file=sys.stderr)
         return 2
     examples = task.load("dev", a.data_dir, 0)[: a.examples]
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     scores = {}
     for _ in range(a.repeats):
         for name, cached in (("shared prefix", True), ("full pass per label", False)):
-            pm._cache_ok = cached
+            pm._cache_arg = cache_arg if cached else None
             t = time.perf_counter()
             scores[name] = pm.rank_classify(prompt, examples, task.verbalizers, 32)[1]
             times[name].append(time.perf_counter() - t)

@@ -178,12 +178,12 @@ def test_generate_returns_one_string_per_example_starting_with_the_greedy_token(
 def test_causal_rank_classify_shares_the_prefix_and_matches_a_full_pass_per_candidate(tiny_llama):
     model, tok = tiny_llama
     pm = PromptedModel(model, tok)
-    assert pm._cache_ok  # the shared-prefix path is the one taken for transformers' causal LMs
+    assert pm._cache_arg  # the shared-prefix path is the one taken for transformers' causal LMs
     prompt = _prompts(1, seed=7)[0]
     examples = [Example(i, "yes") for i in INPUTS]
     verbalizers = ["yes", "the soup", "no"]
     _, shared = pm.rank_classify(prompt, examples, verbalizers, batch_size=6)
-    pm._cache_ok = False  # one full (prompt + input + candidate) row per candidate
+    pm._cache_arg = None  # one full (prompt + input + candidate) row per candidate
     _, full = pm.rank_classify(prompt, examples, verbalizers, batch_size=6)
     assert torch.allclose(shared, full, atol=1e-4)
 

@@ -121,7 +121,6 @@ class PromptedModel:
         # the shared-prefix rank classification needs a key/value cache argument (transformers >= 5.2x names it
         # `cache`, older versions `past_key_values`); without one it falls back to a full pass per candidate
         self._cache_arg = next((a for a in ("cache", "past_key_values") if a in fwd), None)
-        self._cache_ok = self._cache_arg is not None
         self.gradient_checkpointing = gradient_checkpointing
         self._layers = checkpoint_layers(model) if gradient_checkpointing else []
         if gradient_checkpointing and not self._layers:
@@ -223,7 +222,7 @@ class PromptedModel:
         for idx in self._bar(chunks(range(len(examples)), per), -(-len(examples) // per), "rank"):
             if self.is_seq2seq and hasattr(self.model, "get_encoder"):
                 nll = self._candidates_nll(prompt, [enc.inputs[i] for i in idx], cands)
-            elif not self.is_seq2seq and c > 1 and self._cache_ok:
+            elif not self.is_seq2seq and c > 1 and self._cache_arg:
                 nll = self._causal_candidates_nll(prompt, [enc.inputs[i] for i in idx], cands)
             else:
                 inputs = [enc.inputs[i] for i in idx for _ in range(c)]

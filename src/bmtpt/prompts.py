@@ -73,15 +73,17 @@ def init_prompts(model, tokenizer, num: int, length: int, how: str = "vocab", se
     raise BmtptError(f"unknown prompt init {how!r} (choose {INIT_CHOICES})")
 
 
-def read_json_object(path: str | Path) -> dict:
-    """A JSON file that must hold an object; unreadable JSON or another type raises BmtptError."""
+def read_json_object(path: str | Path, what: str | None = None) -> dict:
+    """A JSON file that must hold an object; unreadable JSON or another type raises BmtptError (naming
+    the type found and, with `what`, the object expected)."""
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BmtptError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(obj, dict):
-        raise BmtptError(f"{path} does not hold a JSON object")
+        raise BmtptError(f"{path} holds a JSON {type(obj).__name__}, not {what}" if what
+                         else f"{path} does not hold a JSON object")
     return obj
 
 
@@ -151,12 +153,7 @@ def load_posterior(folder: str | Path) -> tuple[Tensor, dict]:
     meta_path = folder / "posterior.json"
     if not meta_path.is_file():
         raise BmtptError(f"{folder} holds no posterior.json (is it the output folder of `bmtpt source`?)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BmtptError(f"{meta_path} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict):
-        raise BmtptError(f"{meta_path} holds a JSON {type(meta).__name__}, not a posterior's metadata object")
+    meta = read_json_object(meta_path, "a posterior's metadata object")
     missing = [k for k in POSTERIOR_KEYS if k not in meta]
     if missing:
         raise BmtptError(f"{meta_path} lacks key(s): {', '.join(missing)}")
