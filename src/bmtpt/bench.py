@@ -224,7 +224,7 @@ class _Run:
         self.log(f"  main ({precision}): {c.repeats} repeats of {len(fns)} measurements ...")
         t = interleaved(fns, c.repeats, c.warmup, self.device)
         parts = interleaved(overhead_parts(pm, work, c.optimizer), max(c.repeats, 5), 1, self.device)
-        attributed = attributed_step(pm, work, c.optimizer)
+        attributed = attributed_step(pm, work, c.optimizer, self.device)
         splits = []
         for i in range(c.warmup + c.repeats):
             attributed()

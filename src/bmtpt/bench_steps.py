@@ -191,41 +191,47 @@ def backbone_passes(pm, work: Workload):
     return fwd_bwd, fwd_grad, fwd
 
 
-def attributed_step(pm, work: Workload, optimizer: str = "adafactor"):
+def attributed_step(pm, work: Workload, optimizer: str = "adafactor", device: str = "cpu"):
     """An SVGD step closure that also splits its own time: `closure.last` holds (step s, backbone s) of the
     latest call. The backbone's share is the time inside `PromptedModel.backbone_logits` plus, for each
     backward pass, the time from the moment the gradient reaches the backbone's logits (a tensor hook)
     to the end of that pass; everything else in the step (rows, loss, kernel, optimiser, autograd
     bookkeeping before the logits' gradient) is bmtpt's own overhead. One call measures both, so the
-    split is not a difference of two medians taken over different calls.
+    split is not a difference of two medians taken over different calls. On a GPU every mark synchronises
+    first, so the marks bound kernels that ran rather than kernels that were queued.
     """
     import torch
 
     step = svgd_step(pm, work, optimizer)
+
+    def now() -> float:
+        _sync(device)
+        return time.perf_counter()
+
     marks: list[float] = []
     inner = pm.backbone_logits
     orig_backward = torch.Tensor.backward
 
     def timed_logits(*args, **kwargs):
-        t = time.perf_counter()
+        t = now()
         logits = inner(*args, **kwargs)
-        marks.append(time.perf_counter() - t)
+        marks.append(now() - t)
         if logits.requires_grad:
-            logits.register_hook(lambda g: marks.append(-time.perf_counter()) or g)  # backward reaches the backbone
+            logits.register_hook(lambda g: marks.append(-now()) or g)  # backward reaches the backbone
         return logits
 
     def timed_backward(self, *args, **kwargs):
         orig_backward(self, *args, **kwargs)
         if marks and marks[-1] < 0:  # close the backbone part of this backward pass
-            marks[-1] = time.perf_counter() + marks[-1]
+            marks[-1] = now() + marks[-1]
 
     def run():
         marks.clear()
         pm.backbone_logits, torch.Tensor.backward = timed_logits, timed_backward
         try:
-            t = time.perf_counter()
+            t = now()
             step()
-            total = time.perf_counter() - t
+            total = now() - t
         finally:
             del pm.backbone_logits  # back to the class's method
             torch.Tensor.backward = orig_backward

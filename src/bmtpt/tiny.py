@@ -33,9 +33,12 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(arch: str):
+def build_tokenizer(arch: str, corpus: list[str] | None = None, vocab_size: int | None = None):
     """A word-level `PreTrainedTokenizerFast`. For T5, ids 0/1/2 are pad/eos/unk and </s> is appended
-    to every encoded text (as T5's own tokenizer does); for Llama, <s> is prepended."""
+    to every encoded text (as T5's own tokenizer does); for Llama, <s> is prepended.
+
+    `corpus` (default: the demo suite's sentences) is the text the vocabulary is learnt from, capped at
+    `vocab_size` words (the most frequent, specials included) when given."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -43,7 +46,9 @@ def build_tokenizer(arch: str):
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok.train_from_iterator(_corpus(), trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1))
+    trainer = trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1,
+                                        **({"vocab_size": vocab_size} if vocab_size else {}))
+    tok.train_from_iterator(_corpus() if corpus is None else [" ".join(COMMON_WORDS), *corpus], trainer)
     if arch == "t5":
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     else:

@@ -1,0 +1,102 @@
+"""The benchmark scripts' own arithmetic (benchmarks/*.py are scripts, loaded here by path)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+DATA = ROOT.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not (DATA / "MANIFEST.md").is_file(),
+                                reason=f"benchmark files not found at {DATA} (see shared/data/MANIFEST.md)")
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return load_script("gpu_smoke")
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_log_times_separates_training_steps_from_evaluations(smoke, tmp_path):
+    log = write_jsonl(tmp_path / "metrics.jsonl", [
+        {"time_s": 5.0, "step": 0, "dev/score": 1.0},   # start-up + first evaluation: left out
+        {"time_s": 6.0, "step": 2, "loss": 1.0},        # interval after an evaluation: not a training interval
+        {"time_s": 7.0, "step": 4, "loss": 1.0},        # 0.5 s/step
+        {"time_s": 8.5, "step": 6, "loss": 1.0},        # 0.75 s/step
+        {"time_s": 9.0, "step": 6, "dev/score": 2.0},   # a 0.5 s evaluation
+        {"time_s": 10.2, "step": 8, "loss": 1.0},       # follows an evaluation: left out
+        {"time_s": 11.4, "step": 10, "loss": 1.0},      # 0.6 s/step
+        {"time_s": 13.4, "step": 10, "test/score": 2.0},  # a 2 s test pass
+    ])
+    t = smoke.log_times(log)
+    assert t["step_s"] == pytest.approx(0.6)  # median of 0.5, 0.75, 0.6
+    assert t["step_samples"] == 3
+    assert t["dev_eval_s"] == pytest.approx([0.5])
+    assert t["test_eval_s"] == pytest.approx([2.0])
+
+
+def test_estimate_prices_every_stage_and_cell(smoke, tmp_path):
+    config = {"name": "x", "out": str(tmp_path / "x"), "model": "m", "sources": ["synth-sentiment"],
+              "source": {"steps": 20, "particles": 2, "batch_size": 4},
+              "targets": ["synth-animal"], "batch_size": 4, "max_eval_examples": 8,
+              "target": {"steps": 10, "eval_every": 4}, "methods": ["pt", "bmtpt"]}
+    r = {"source_row_s": 1.0, "target_row_s": 2.0, "cls_example_label_s": 3.0, "gen_example_s": 5.0}
+    e = smoke.estimate(config, r)
+    # by hand: one SVGD stage of 20 steps x 4 examples x 2 particles at 1 s a row = 160 s;
+    # two cells of 10 steps x 4 rows at 2 s = 80 s each; dev at steps 0, 4, 8 and 10 (the last) plus
+    # one test pass, 8 examples each, 2 labels at 3 s = 6 s an example: 5 x 8 x 6 = 240 s a cell.
+    assert (e["stages"], e["cells"]) == (1, 2)
+    assert e["sources"] * 3600 == pytest.approx(160)
+    assert e["target_training"] * 3600 == pytest.approx(160)
+    assert e["evaluation"] * 3600 == pytest.approx(480)
+    assert e["total"] * 3600 == pytest.approx(800)
+
+
+def test_rates_divide_by_rows_and_labels(smoke):
+    m = {"source": {"s": {"kind": "svgd", "row_s": 0.001}},
+         "cells": {"a": {"row_s": 0.004, "classification": True, "labels": 2, "eval_example_s": 0.006},
+                   "b": {"row_s": 0.002, "classification": False, "labels": 0, "eval_example_s": 0.01}}}
+    assert smoke.rates(m) == pytest.approx({"source_row_s": 0.001, "target_row_s": 0.003,
+                                            "cls_example_label_s": 0.003, "gen_example_s": 0.01})
+
+
+def test_smoke_rejects_targets_without_a_generation_task(smoke, capsys):
+    assert smoke.main(["--targets", "synth-animal,synth-past"]) == 2
+    assert "generation task" in capsys.readouterr().err
+
+
+def test_price_reprices_a_saved_run(smoke, capsys):
+    saved = ROOT / "benchmarks" / "results" / "gpu-smoke-t5-base-h200.json"
+    assert smoke.main(["--price", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "t5-base-full.yaml" in out and "NVIDIA H200" in out
+
+
+@needs_data
+def test_smoke_run_on_a_tiny_t5_end_to_end(smoke, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    rc = smoke.main(["--data-dir", str(DATA), "--out", str(tmp_path / "run"), "--json", str(out),
+                     "--shape", "tiny-t5-shape", "--device", "cpu", "--precision", "fp32", "--source", "cola",
+                     "--source-steps", "4", "--target-steps", "4", "--eval-every", "2", "--particles", "2",
+                     "--batch-size", "2", "--prompt-length", "2", "--max-eval-examples", "4", "--log-every", "1"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert len(res["measured"]["cells"]) == 4 and len(res["measured"]["source"]) == 1
+    assert all(v > 0 for v in res["unit_costs"].values())
+    assert set(res["gpu_hours"]) == {"t5-base-full.yaml", "t5-base-fewshot.yaml", "t5-base-ablations.yaml"}
