@@ -143,6 +143,19 @@ def test_source_to_target_run(tmp_path, tiny_llama, posterior):
     assert backbone_grads(model) == []
 
 
+def test_prior_bandwidth_overrides_the_posteriors(tmp_path, tiny_llama, posterior):
+    folder, parts, h = posterior
+    cfg = _cfg(tmp_path, "bw", folder, prior_bandwidth=h / 7, steps=1, eval_every=1)
+    run_target(cfg, *tiny_llama)
+    assert json.loads((tmp_path / "bw" / "target.json").read_text())["prior_bandwidth"] == pytest.approx(h / 7)
+    rec = next(r for r in _records(tmp_path / "bw") if "nll" in r)
+    p = parts.double().numpy()
+    sq = ((p.mean(0)[None] - p) ** 2).reshape(3, -1).sum(-1)  # the KDE at the particles' mean, by hand
+    assert rec["log_prior"] == pytest.approx(logsumexp(-sq / (h / 7)) - math.log(3), rel=1e-4, abs=1e-5)
+    with pytest.raises(BmtptError, match="prior-bandwidth must be positive"):
+        _cfg(tmp_path, "bad", folder, prior_bandwidth=0.0).validate()
+
+
 def test_zero_prior_weight_leaves_the_plain_nll(tmp_path, tiny_llama, posterior):
     cfg = _cfg(tmp_path, "lam0", posterior[0], prior_weight=0.0, steps=3, eval_every=3, init="particle:1")
     run_target(cfg, *tiny_llama)

@@ -140,6 +140,8 @@ class TargetConfig(CommonConfig):
     prior_weight: float = opt(1.0, "lambda: weight of -log p(theta | sources) against the mean token NLL (0: off)")
     prior: str = opt("kde", "source-posterior density: kde over the particles, or an isotropic gaussian at "
                      "their mean", ("kde", "gaussian"))
+    prior_bandwidth: float | None = opt(None, "bandwidth h of the prior's kernel exp(-d^2/h) (gaussian: variance h/2) "
+                                        "(default: the source stage's last bandwidth, from posterior.json)")
     rank_one: bool = opt(False, "train a rank-one multiplicative factor theta0 * (u v^T) as well")
     lr_factor: float = opt(0.01, "learning rate of the rank-one factors u, v")
     shots: int | None = opt(None, "k-shot training: k training examples drawn with --seed, taking a classification "
@@ -157,9 +159,9 @@ class TargetConfig(CommonConfig):
             raise BmtptError("--task is required")
         if self.method != "pt" and not self.posterior:
             raise BmtptError(f"--posterior is required with --method {self.method}")
-        for name in ("shots", "max_dev_examples"):
+        for name in ("shots", "max_dev_examples", "prior_bandwidth"):
             v = getattr(self, name)
-            if v is not None and v <= 0:
+            if v is not None and not v > 0:
                 raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {v}")
         for name in ("steps", "eval_every", "eval_batch_size"):
             if getattr(self, name) <= 0:

@@ -148,7 +148,8 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         groups.append({"params": [u, v], "lr": cfg.lr_factor})
     opt = make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
     lam = cfg.prior_weight if cfg.method == "bmtpt" else 0.0
-    prior = PriorTerm(particles.to(device), meta["bandwidth"], cfg.prior) if particles is not None and lam > 0 else None
+    bandwidth = cfg.prior_bandwidth or meta.get("bandwidth")
+    prior = PriorTerm(particles.to(device), bandwidth, cfg.prior) if particles is not None and lam > 0 else None
 
     enc = encode_examples(tokenizer, train, pm.is_seq2seq, cfg.max_input_tokens, cfg.max_target_tokens)
     sampler = EpochSampler(len(enc), cfg.seed)
@@ -211,6 +212,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
                        "task": task.name, "method": cfg.method, "posterior": cfg.posterior,
                        "source_tasks": meta.get("source_tasks"), "prompt_length": best_prompt.shape[0],
                        "embed_dim": best_prompt.shape[1], "prior_weight": lam,
+                       "prior_bandwidth": bandwidth if prior is not None else None,
                        "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
                        "metrics": metrics, "hyperparameters": cfg.to_dict()}, out / "target.json")
     return TargetResult(best_prompt.cpu(), metrics, out)
