@@ -200,15 +200,3 @@ def test_independent_needs_one_particle_per_task(tmp_path, tiny_llama):
     with pytest.raises(BmtptError, match="--particles must be 3"):
         run_source(cfg, *tiny_llama)
 
-
-def test_chunks_fix_glibcs_mmap_threshold_unless_the_user_set_it(monkeypatch):
-    import platform
-
-    import bmtpt.source as src
-
-    monkeypatch.setattr(src, "_eager_release", None)
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
-    assert src.release_freed_memory_eagerly() is False  # the user's own setting wins
-    monkeypatch.setattr(src, "_eager_release", None)
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    assert src.release_freed_memory_eagerly() is (platform.libc_ver()[0] == "glibc")

@@ -18,7 +18,6 @@ Every --checkpoint-every steps (and at the end) the whole run state goes to chec
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,33 +92,6 @@ def mixed_batch(encoded: list, samplers: list, per_task: list[int], pad_id: int,
     return collate(ins, tgts, pad_id, is_seq2seq)
 
 
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
-_eager_release: bool | None = None
-
-
-def release_freed_memory_eagerly() -> bool:
-    """Make glibc hand freed blocks of 64 KiB or more straight back to the OS (mallopt M_MMAP_THRESHOLD).
-
-    Why: after freeing a large block, glibc raises its mmap threshold, so the next activations of that
-    size come from the heap and stay resident after the chunk that used them is done: the peak memory of
-    M particles in chunks then creeps above one chunk's (1.07x in a fresh process, 1.3x in a long-lived
-    one). A fixed threshold keeps it at 1.00x (benchmarks/chunk_memory.py) for a few system calls per
-    large tensor. Done once per process, only where glibc is the C library, and never when the user has
-    set MALLOC_MMAP_THRESHOLD_ (theirs wins). Returns whether the fixed threshold is in force.
-    """
-    global _eager_release
-    if _eager_release is None:
-        _eager_release = False
-        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            try:
-                import ctypes
-
-                _eager_release = ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 64 * 1024) == 1
-            except (OSError, AttributeError):
-                pass
-    return _eager_release
-
-
 def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor, num_tasks: int,
                     weights: Tensor, prior_std: float | None, independent: bool = False,
                     chunk: int | None = None, micro_batches: int = 1) -> tuple[Tensor, Tensor]:
@@ -139,8 +111,6 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
     counts = counts.clamp_min(1)
     w = weights.to(dev)
     chunk = chunk or m
-    if chunk < m and dev.type == "cpu":  # chunks exist to cap memory: keep freed activations from piling up
-        release_freed_memory_eagerly()
     parts = [r for r in torch.arange(len(groups), device=dev).tensor_split(max(1, micro_batches)) if len(r)]
     for a in range(0, m, chunk):
         b = min(m, a + chunk)
