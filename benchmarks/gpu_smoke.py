@@ -68,21 +68,32 @@ def log_times(path: Path) -> dict:
             "dev_eval_s": dev, "test_eval_s": test}
 
 
-def measure(result, plan, data_dir: str | None) -> dict:
+def stage_rows(stage) -> int:
+    """Rows a source stage's step sends through the backbone: SVGD shows every particle the whole batch;
+    the independent and MPT stages split one batch between their prompts."""
+    return stage.cfg.batch_size * (stage.cfg.particles if stage.kind == "svgd" else 1)
+
+
+def eval_counts(cfg, dev_size: int, test_size: int) -> tuple[int, int]:
+    """Examples a target cell evaluates on dev (capped by --max-dev-examples, else --max-eval-examples) and test."""
+    dev_cap = cfg.max_dev_examples or cfg.max_eval_examples
+    return (min(dev_size, dev_cap) if dev_cap else dev_size,
+            min(test_size, cfg.max_eval_examples) if cfg.max_eval_examples else test_size)
+
+
+def measure(plan, data_dir: str | None) -> dict:
     """Per-row training times and per-example evaluation times of the smoke experiment."""
     from bmtpt.tasks import get_task
 
     out = {"source": {}, "cells": {}}
     for stage in plan.stages.values():
         t = log_times(Path(stage.cfg.out) / "metrics.jsonl")
-        rows = stage.cfg.particles * stage.cfg.batch_size
+        rows = stage_rows(stage)
         out["source"][stage.key] = {**t, "kind": stage.kind, "rows": rows, "row_s": t["step_s"] / rows}
     for cell in plan.cells:
         cfg, task = cell.target, get_task(cell.task)
         t = log_times(Path(cfg.out) / "metrics.jsonl")
-        cap_dev = cfg.max_dev_examples or cfg.max_eval_examples
-        n_dev = min(len(task.load("dev", data_dir)), cap_dev or 10**9)
-        n_test = min(len(task.load("test", data_dir)), cfg.max_eval_examples or 10**9)
+        n_dev, n_test = eval_counts(cfg, len(task.load("dev", data_dir)), len(task.load("test", data_dir)))
         out["cells"][cell.key] = {
             **t, "task": cell.task, "classification": task.is_classification,
             "labels": len(task.verbalizers or ()), "rows": cfg.batch_size, "row_s": t["step_s"] / cfg.batch_size,
@@ -112,14 +123,12 @@ def estimate(config: Path, r: dict) -> dict:
     from bmtpt.tasks import get_task
 
     plan = plan_experiment(load_experiment(config))
-    sources = sum(s.cfg.steps * s.cfg.batch_size * (s.cfg.particles if s.kind == "svgd" else 1) * r["source_row_s"]
-                  for s in plan.stages.values())
+    sources = sum(s.cfg.steps * stage_rows(s) * r["source_row_s"] for s in plan.stages.values())
     train = evals = probes = 0.0
     for cell in plan.cells:
         cfg, task = cell.target, get_task(cell.task)
         sizes = task.split_sizes() or {"dev": 1000, "test": 1000}
-        n_dev = min(sizes["dev"], cfg.max_dev_examples or cfg.max_eval_examples or 10**9)
-        n_test = min(sizes["test"], cfg.max_eval_examples or 10**9)
+        n_dev, n_test = eval_counts(cfg, sizes["dev"], sizes["test"])
         per_example = (r["cls_example_label_s"] * len(task.verbalizers) if task.is_classification
                        else r["gen_example_s"])
         n_evals = cfg.steps // cfg.eval_every + 1 + (cfg.steps % cfg.eval_every > 0)
@@ -211,7 +220,7 @@ def run(a: argparse.Namespace) -> int:
     print(f"building a random {a.shape} with a word-level tokenizer on {device} ...", flush=True)
     model, tokenizer = build_random_t5(a.shape, corpus([a.source, *targets], a.data_dir), device)
     result = run_experiment(exp, model, tokenizer, plots=False)
-    m = measure(result, plan_experiment(load_experiment(exp)), a.data_dir)
+    m = measure(plan_experiment(load_experiment(exp)), a.data_dir)  # the runner's own plan: same folders
     r = rates(m)
     for s in m["source"].values():
         print(f"  source {s['kind']}: {s['step_s']:.3f} s/step ({s['rows']} rows)")
