@@ -199,4 +199,3 @@ def test_independent_needs_one_particle_per_task(tmp_path, tiny_llama):
                        method="independent", progress=False, device="cpu")
     with pytest.raises(BmtptError, match="--particles must be 3"):
         run_source(cfg, *tiny_llama)
-
