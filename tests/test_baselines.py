@@ -116,17 +116,68 @@ def test_baselines_end_to_end(tmp_path, tiny_llama):
     assert by["pt"]["source_passes"] == 0 and by["pt"]["source_stage"] is None
     assert by["avg"]["source_stage"] == by["spot"]["source_stage"]  # one independent stage serves both
     assert by["avg"]["source_passes"] == 4 * 2  # independent: every example is seen by one prompt
-    assert by["spot"]["probe_passes"] == 2 * 4
+    assert by["spot"]["probe_passes"] == 2 * 4 + 3 * 2 * 4  # its probe, and one per source task (first cell)
     assert {r["trainable_parameters"] for m, r in by.items() if m != "mpt"} == {4 * 32}
     assert by["mpt"]["trainable_parameters"] == 4 * 32 + 4 + 32
     stages = sorted(p.name.split("-")[0] for p in (tmp_path / "exp" / "sources").iterdir())
     assert stages == ["independent", "mpt"]
-    # SPoT's choice is the brute-force argmax over the saved probe and the independent prompts
+    # SPoT's choice is the brute-force argmax of the cosines between the probe's displacement from the shared
+    # start and the source tasks' embeddings (both centred on the embeddings' mean)
     spot_dir = tmp_path / "exp" / by["spot"]["run_dir"]
-    probe = load_file(str(spot_dir / "spot_probe.safetensors"))["prompt"]
-    particles, meta = load_posterior(tmp_path / "exp" / by["spot"]["source_stage"])
-    brute = _brute_cosines(particles.double().numpy(), probe.double().numpy(), "flat")
+    stage = tmp_path / "exp" / by["spot"]["source_stage"]
+    probe = load_file(str(spot_dir / "spot_probe.safetensors"))["prompt"].double().numpy()
+    start = load_file(str(stage / "particles.safetensors"))["initial"].double().numpy().mean(0)
+    emb = load_file(str(next(stage.glob("spot-embeddings-*.safetensors"))))["embeddings"].double().numpy()
+    _, meta = load_posterior(stage)
+    brute = _brute_cosines(emb - emb.mean(0), probe - start - emb.mean(0), "flat")
     assert by["spot"]["spot"]["chosen"] == int(np.argmax(brute))
+    assert by["spot"]["spot"]["similarities"] == pytest.approx(brute, abs=1e-5)
     assert by["spot"]["spot"]["chosen_task"] == meta["source_tasks"][int(np.argmax(brute))]
     target_cfg = json.loads((spot_dir / "target.json").read_text())["hyperparameters"]
     assert target_cfg["init"] == f"particle:{int(np.argmax(brute))}" and target_cfg["method"] == "avg"
+
+
+@pytest.fixture
+def relabelled():
+    """Two test tasks, unregistered afterwards (the task table tests list every registered task): synthetic
+    sentiment / animal examples whose yes/no labels are renamed, so the two tasks answer with other words."""
+    from bmtpt.synth import generate
+    from bmtpt.tasks import _REGISTRY, Example, Task, register
+
+    def make(name: str, base: str, words: tuple[str, str]) -> str:
+        def load(split, data_dir, seed):
+            return [Example(e.input, words[e.target == "no"]) for e in generate(base, split, seed)]
+
+        return register(Task(name, load, verbalizers=words, suite="test")).name
+
+    names = [make("spot-a", "synth-sentiment", ("yes", "no")), make("spot-b", "synth-animal", ("cat", "dog"))]
+    yield names
+    for name in names:
+        _REGISTRY.pop(name, None)
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_spot_probe_on_a_source_task_picks_that_tasks_prompt(tmp_path_factory, tiny_llama, relabelled, k):
+    """Task embeddings from one shared start: a probe on source task k (another seed, so other examples in
+    another order) is closest to task k's embedding. The two tasks answer with different words, as sentiment
+    (negative/positive) and NLI (yes/maybe/no) tasks do; on a random-weight model the answer words are what
+    a task's prompt learns first (tasks sharing theirs were told apart in only ~2 of 3 trials)."""
+    from bmtpt.baselines import spot_choose
+    from bmtpt.config import SourceConfig
+    from bmtpt.source import run_source
+
+    model, tok = tiny_llama
+    tasks = relabelled
+    out = tmp_path_factory.getbasetemp() / "spot-sources"
+    if not (out / "posterior.json").is_file():
+        run_source(SourceConfig(model="tiny-llama", out=str(out), tasks=",".join(tasks), method="independent",
+                                particles=2, steps=4, batch_size=16, prompt_length=4, init="vocab-shared:0.25",
+                                optimizer="sgd", lr=0.5, max_train_examples=32, progress=False, device="cpu",
+                                final_eval_examples=0, overwrite=True), model, tok)
+    particles, _ = load_posterior(out)
+    for seed in (3, 7):
+        cfg = TargetConfig(model="tiny-llama", out="unused", task=tasks[k], posterior=str(out), method="avg",
+                           batch_size=16, optimizer="sgd", lr=0.5, max_train_examples=32, seed=seed, device="cpu")
+        chosen, sims, probe, passes = spot_choose(str(out), particles, cfg, 4, "flat", model, tok)
+        assert chosen == k and sims[k] > sims[1 - k] + 0.2
+        assert passes in (64, 3 * 64)  # the source embeddings (2 probes) are paid for once, then read from the folder

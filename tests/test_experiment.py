@@ -200,7 +200,7 @@ def test_a_cell_killed_mid_run_resumes_from_its_checkpoint(tmp_path, tiny_llama,
 
     cfg = _config(tmp_path / "exp", seeds=[0], methods=["bmtpt"], log_every=1,
                   target={"steps": 4, "eval_every": 1, "checkpoint_every": 2, "max_train_examples": 12,
-                          "max_eval_examples": 8})
+                          "max_eval_examples": 8, "train_eval_examples": 0})  # one evaluate_prompt per eval
     real_eval, calls = target.evaluate_prompt, []
 
     def dying_eval(*a, **k):  # dev evaluations at steps 0..3; step 3 dies, after the step-2 checkpoint

@@ -123,7 +123,7 @@ def test_exported_adapter_gives_bmtpt_logits_and_predictions(tmp_path, backbones
     preds, ll = pm.rank_classify(prompt, EXAMPLES, verbalizers)
     for i, ex in enumerate(EXAMPLES):
         for j, label in enumerate(verbalizers):
-            one = encode_examples(tok, [Example(ex.input, label)], pm.is_seq2seq)
+            one = encode_examples(tok, [Example(ex.input, label)], pm.is_seq2seq, eos=False)  # label tokens only
             batch = collate(one.inputs, one.targets, pm.pad_id, pm.is_seq2seq)
             _, dec = bmtpt_logits(pm, prompt, batch)
             kw = {"decoder_input_ids": dec} if pm.is_seq2seq else {}

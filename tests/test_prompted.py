@@ -14,9 +14,9 @@ TARGETS = ["yes", "the soup was great", "no", "dinner ."]
 L = 3  # prompt length
 
 
-def _ids(arch, tok, inp, tgt):
+def _ids(arch, tok, inp, tgt, eos=True):
     """(input ids, target ids): inputs with the tokenizer's specials, targets in the backbone's layout."""
-    return list(tok(inp).input_ids), encode_target(tok, tgt, arch == "t5")
+    return list(tok(inp).input_ids), encode_target(tok, tgt, arch == "t5", eos)
 
 
 def _batch(arch, tok, inputs=INPUTS, targets=TARGETS):
@@ -149,7 +149,9 @@ def test_rank_classify_picks_the_most_likely_verbalizer(tiny):
     preds, ll = pm.rank_classify(prompt, examples, verbalizers, batch_size=5)  # chunks cut across examples
     assert ll.shape == (len(examples), len(verbalizers))
     for e, ex in enumerate(examples):
-        by_hand = [-brute_nll(arch, model, prompt, *_ids(arch, tok, ex.input, v)).sum().item() for v in verbalizers]
+        # candidates are scored on their own tokens: no end-of-text token
+        by_hand = [-brute_nll(arch, model, prompt, *_ids(arch, tok, ex.input, v, eos=False)).sum().item()
+                   for v in verbalizers]
         assert ll[e].tolist() == pytest.approx(by_hand, abs=1e-4)
         assert preds[e] == verbalizers[max(range(len(verbalizers)), key=lambda c: by_hand[c])]
 

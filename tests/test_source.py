@@ -188,7 +188,8 @@ def test_one_sgd_step_moves_the_particles_along_phi(tmp_path, tiny_t5):
     res = run_source(cfg, model, tok)
     pm = PromptedModel(model, tok)
     theta0 = init_prompts(model, tok, 3, 2, "vocab", seed=0)
-    per_task = [encode_examples(tok, load_split(get_task(n), "train", cfg, 2), True) for n in TASKS]
+    per_task = [encode_examples(tok, load_split(get_task(n), "train", cfg, 2), True, eos=False)  # labels only
+                for n in TASKS]
     scores = torch.stack([_score_by_hand(pm, theta0[m], per_task, [1.0] * 3, 3.0, range(3))[0] for m in range(3)])
     want = theta0.double() + 0.5 * _phi_by_hand(theta0, scores, _median_h(theta0))
     torch.testing.assert_close(res.particles.double(), want, atol=1e-5, rtol=1e-4)

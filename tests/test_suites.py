@@ -31,7 +31,8 @@ def sizes(name: str, data_dir: Path | str | None) -> tuple[int, int, int]:
 EXPECTED = {"glue": "mnli qqp qnli sst2 stsb mrpc rte cola wnli",
             "superglue": "multirc boolq wic wsc cb copa superglue-rte",
             "qa": "squad record", "mrqa": "nq hotpotqa searchqa newsqa",
-            "other": "winogrande winogrande-xs winogrande-s winogrande-m winogrande-l yelp scitail paws"}
+            "other": "winogrande winogrande-xs winogrande-s winogrande-m winogrande-l yelp scitail paws",
+            "sentences": "snli sick mr cr subj trec"}
 
 
 def test_registry_names_suites_and_kinds():

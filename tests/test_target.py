@@ -65,7 +65,8 @@ def test_rank_one_factor_starts_at_theta0_and_one_step_moves_only_u_v():
 
 
 def _cfg(tmp_path, name, posterior, **kw):
-    base = dict(model="tiny-llama", out=str(tmp_path / name), task="synth-product", posterior=str(posterior),
+    base = dict(model="tiny-llama", out=str(tmp_path / name), task="synth-product",
+                posterior=str(posterior) if posterior is not None else None,
                 steps=4, eval_every=2, log_every=1, batch_size=4, max_train_examples=16, max_eval_examples=12,
                 progress=False, device="cpu")
     return TargetConfig(**{**base, **kw})
@@ -128,7 +129,7 @@ def test_source_to_target_run(tmp_path, tiny_llama, posterior):
     for ex in test:
         nll = {}
         for label in ("yes", "no"):
-            enc = encode_examples(tok, [Example(ex.input, label)], False)
+            enc = encode_examples(tok, [Example(ex.input, label)], False, eos=False)  # the label's tokens only
             nll[label] = pm.example_nll(saved["prompt"][None], collate(enc.inputs, enc.targets, 0, False))[0].item()
         correct += min(nll, key=nll.get) == ex.target
     assert metrics["test"]["accuracy"] == pytest.approx(100 * correct / 12)
@@ -200,3 +201,92 @@ def test_gradient_accumulation_gives_the_same_run(tmp_path, tiny_llama, posterio
     assert not torch.allclose(final[1]["param/theta0"], posterior[1].mean(0), atol=1e-3)  # training moved it
     for a, b in zip(runs[1].logs, runs[3].logs, strict=True):
         assert b["nll"] == pytest.approx(a["nll"], rel=1e-5) and b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+# --- model selection, train accuracy, example-level results ------------------------------------------------
+
+def test_a_dev_tie_goes_to_the_later_step(tmp_path, tiny_llama, posterior, monkeypatch):
+    """With `>` a small dev set kept the untrained prompt on every tie; the later step must win instead."""
+    import bmtpt.target as target
+
+    monkeypatch.setattr(target, "evaluate_prompt", lambda *a, **k: {"accuracy": 50.0, "score": 50.0})
+    res = run_target(_cfg(tmp_path, "tie", posterior[0], steps=4, eval_every=2, train_eval_examples=0), *tiny_llama)
+    assert res.metrics["best_step"] == 4
+
+
+def test_train_accuracy_is_logged_and_test_results_are_kept_per_example(tmp_path, tiny_llama):
+    """train/accuracy at step 0 is the untrained prompt's accuracy on the fixed training sample, checked by
+    comparing the label words' likelihoods by hand; predictions-test.json holds one 0/1 per test example whose
+    mean is the test accuracy."""
+    from bmtpt.prompts import init_prompts
+    from bmtpt.target import train_sample
+
+    model, tok = tiny_llama
+    cfg = _cfg(tmp_path, "pt", None, method="pt", prompt_length=4, steps=2, eval_every=2,
+               train_eval_examples=6)
+    run_target(cfg, model, tok)
+    step0 = next(r for r in _records(tmp_path / "pt") if r["step"] == 0 and "dev/score" in r)
+    task = get_task("synth-product")
+    sample = train_sample(load_split(task, "train", cfg, cfg.max_train_examples), 6, cfg.seed)
+    prompt = init_prompts(model, tok, 1, 4, "vocab", cfg.seed)[0]
+    pm = PromptedModel(model, tok)
+    correct = 0
+    for ex in sample:
+        nll = {}
+        for label in ("yes", "no"):
+            enc = encode_examples(tok, [Example(ex.input, label)], False, eos=False)
+            nll[label] = pm.example_nll(prompt[None], collate(enc.inputs, enc.targets, 0, False))[0].item()
+        correct += min(nll, key=nll.get) == ex.target
+    assert step0["train/accuracy"] == pytest.approx(100 * correct / 6)
+    meta = json.loads((tmp_path / "pt" / "target.json").read_text())
+    preds = json.loads((tmp_path / "pt" / "predictions-test.json").read_text())
+    assert len(preds["correct"]) == meta["metrics"]["test_examples"] == 12 and meta["metrics"]["dev_examples"] == 12
+    assert 100 * sum(preds["correct"]) / 12 == pytest.approx(meta["metrics"]["test"]["accuracy"])
+    assert meta["label_words"] == {"yes": "yes", "no": "no"}
+
+
+def test_dev_and_test_samples_do_not_depend_on_the_seed(tmp_path):
+    task = get_task("synth-product")
+    a, b = (_cfg(tmp_path, "x", "unused", seed=s) for s in (0, 5))
+    for split in ("dev", "test"):
+        assert load_split(task, split, a, 12) == load_split(task, split, b, 12)
+    assert load_split(task, "train", a, 12) != load_split(task, "train", b, 12)
+
+
+def test_a_one_particle_posterior_needs_its_bandwidth_stated(tmp_path, tiny_llama, posterior):
+    """M = 1 records no bandwidth (the median heuristic's h = 1 fallback made the prior ~100x stronger than
+    the M = 3 run's); --prior-bandwidth-from borrows the M = 3 run's, so an M = 1 ablation changes only M."""
+    cfg = SourceConfig(model="tiny-llama", out=str(tmp_path / "m1"), tasks="synth-sentiment,synth-animal",
+                       particles=1, steps=1, batch_size=4, prompt_length=4, max_train_examples=8, progress=False,
+                       device="cpu", final_eval_examples=0)
+    assert run_source(cfg, *tiny_llama).info["bandwidth"] is None
+    with pytest.raises(BmtptError, match="has one particle.*--prior-bandwidth"):
+        run_target(_cfg(tmp_path, "m1-t", tmp_path / "m1", steps=1, eval_every=1), *tiny_llama)
+    run_target(_cfg(tmp_path, "m1-ok", tmp_path / "m1", steps=1, eval_every=1, prior_bandwidth_from=str(posterior[0])),
+               *tiny_llama)
+    meta = json.loads((tmp_path / "m1-ok" / "target.json").read_text())
+    assert meta["prior_bandwidth"] == pytest.approx(posterior[2])
+    run_target(_cfg(tmp_path, "m1-pt", tmp_path / "m1", steps=1, eval_every=1, prior_weight=0.0), *tiny_llama)
+    with pytest.raises(BmtptError, match="not both"):
+        _cfg(tmp_path, "x", posterior[0], prior_bandwidth=1.0, prior_bandwidth_from="y").validate()
+
+
+def test_source_stage_scores_its_particles_on_each_source_dev_set(tmp_path, tiny_llama):
+    """posterior.json's final_dev: the particles' mean and each particle on each task's dev sample, by hand."""
+    from bmtpt.prompts import load_initial_particles, load_posterior
+    from bmtpt.target import score_of
+
+    model, tok = tiny_llama
+    cfg = SourceConfig(model="tiny-llama", out=str(tmp_path / "s"), tasks="synth-sentiment,synth-animal",
+                       particles=2, steps=1, batch_size=4, prompt_length=4, max_train_examples=8, progress=False,
+                       device="cpu", final_eval_examples=6)
+    run_source(cfg, model, tok)
+    parts, meta = load_posterior(tmp_path / "s")
+    assert load_initial_particles(tmp_path / "s").shape == parts.shape
+    pm = PromptedModel(model, tok)
+    for name in ("synth-sentiment", "synth-animal"):
+        dev = load_split(get_task(name), "dev", cfg, 6)
+        got = meta["final_dev"][name]
+        assert got["examples"] == 6
+        assert got["mean"] == pytest.approx(score_of(pm.evaluate(parts.mean(0), get_task(name), dev)), abs=1e-5)
+        assert got["particles"][1] == pytest.approx(score_of(pm.evaluate(parts[1], get_task(name), dev)), abs=1e-5)

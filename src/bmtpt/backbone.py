@@ -136,3 +136,24 @@ def embedding_width(model) -> int:
 def backbone_grads(model) -> list[str]:
     """Names of backbone parameters that hold a .grad (should always be empty)."""
     return [n for n, p in model.named_parameters() if p.grad is not None]
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """(tokenizer, is_seq2seq) of a backbone without loading its weights (for `bmtpt tasks --model`)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path, gguf = resolve(name)
+    kw = {"trust_remote_code": trust_remote_code}
+    if gguf:
+        cache = gguf_cache_dir(path, gguf)
+        if (cache / "config.json").is_file():
+            path = str(cache)
+        else:
+            kw["gguf_file"] = gguf
+    try:
+        config = AutoConfig.from_pretrained(path, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BmtptError(f"cannot load the tokenizer of {name!r}: {first}") from e
+    return tokenizer, is_seq2seq_config(config)

@@ -7,13 +7,22 @@ averaged per-task prompts (`run_source --method independent`, then `run_target -
   prompt is P* o (u_k v_k^T), a shared prompt P* (l, d) times a rank-one task factor, trained on all
   sources at once. The result is written as a posterior folder with ONE particle, P*, so that
   `run_target --method avg --rank-one` starts the target from P* with a fresh rank-one factor.
-- SPoT (Vu et al. 2022): train a target prompt briefly from scratch (the "probe"), then start the
-  target run from the source prompt most cosine-similar to it.
+- SPoT (Vu et al. 2022): train a target prompt briefly (the "probe"), then start the target run from
+  the source prompt whose *task embedding* is most cosine-similar to it. Raw prompts are dominated by
+  where they started (their cosines were all 0.10-0.15 whatever the task), and a fully trained source
+  prompt's displacement is not comparable with a few probe steps' either (on the tiny test models it
+  picked the wrong task in a third of the trials). So, as SPoT's task embeddings do, every task is
+  embedded by the same procedure: a probe of the same steps and settings from one shared start (the
+  source prompts' mean initial value), and the embedding is its displacement. The source tasks' probes
+  are computed once per posterior folder and kept there. Source stages for SPoT should start their
+  prompts together (`--init vocab-shared:S`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +31,10 @@ from torch import Tensor
 from . import __version__
 from .backbone import load_backbone
 from .config import SourceConfig, TargetConfig, opt
-from .data import EpochSampler, encode_examples, select_rows
+from .data import EpochSampler, select_rows
 from .errors import BmtptError
 from .prompted import PromptedModel, mean_loss_by_group
-from .prompts import atomic_save_tensors, init_prompts, save_posterior
+from .prompts import atomic_save_tensors, init_prompts, load_initial_particles, read_json_object, save_posterior
 from .runs import (
     JsonlLog,
     check_data_dir,
@@ -97,15 +106,14 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
     encoded, samplers = [], []
     for k, task in enumerate(tasks):  # the same data pipeline as the SVGD source stage
         examples = load_split(task, "train", cfg, cfg.max_train_examples)
-        encoded.append(encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens,
-                                       cfg.max_target_tokens))
+        encoded.append(pm.encode(task, examples, cfg.max_target_tokens))
         samplers.append(EpochSampler(len(examples), cfg.seed * 1000 + k))
     sizes = [len(e) for e in encoded]
     per_task = mixing_sizes(sizes, cfg.batch_size, cfg.mixing, cfg.mixing_temperature)
     num = len(tasks)
 
-    shared = init_prompts(model, tokenizer, 1, cfg.prompt_length, cfg.init, cfg.seed)[0]
-    shared = torch.nn.Parameter(shared.to(pm.device))
+    shared_init = init_prompts(model, tokenizer, 1, cfg.prompt_length, cfg.init, cfg.seed)[0]
+    shared = torch.nn.Parameter(shared_init.clone().to(pm.device))
     length, width = shared.shape
     if cfg.factor_init == "ones":
         u0, v0 = torch.ones(num, length), torch.ones(num, width)
@@ -146,11 +154,11 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
                         out / MPT_FACTORS_FILE)
     info = {"backbone": cfg.model, "source_tasks": names, "method": "mpt",
             # one particle has no kernel width; the target stage needs one only for its prior (off for mpt)
-            "bandwidth": 1.0, "library_version": __version__, "steps": cfg.steps, "batch_per_task": per_task,
+            "bandwidth": None, "library_version": __version__, "steps": cfg.steps, "batch_per_task": per_task,
             "train_sizes": sizes, "compute": {"example_passes": sum(per_task) * cfg.steps},
             "trainable_parameters": mpt_trainable_parameters(length, width, num), "task_factors": MPT_FACTORS_FILE,
             "hyperparameters": cfg.to_dict()}
-    save_posterior(out, final[None], info)
+    save_posterior(out, final[None], info, initial=shared_init[None])
     return SourceResult(final[None], info, out)
 
 
@@ -159,6 +167,7 @@ def spot_similarities(sources: Tensor, target: Tensor, pool: str = "flat") -> Te
     """Cosine similarity of each source prompt (K, l, d) with the target prompt (l, d), shape (K,).
 
     `flat` compares the flattened prompts; `mean` their average token vectors (SPoT's pooled variant).
+    Pass displacements (trained minus initial prompts) to compare what training learnt.
     """
     sources, target = sources.double(), target.double()  # pooling in float32 would cost ~1e-7
     if pool == "flat":
@@ -176,8 +185,20 @@ def spot_select(sources: Tensor, target: Tensor, pool: str = "flat") -> tuple[in
     return int(sims.argmax()), sims
 
 
-def train_probe(cfg: TargetConfig, steps: int, length: int, model, tokenizer) -> tuple[Tensor, int]:
-    """SPoT's brief prompt tuning on the target: `steps` steps from a vocab init, no evaluation.
+def probe_start(posterior: str, length: int) -> Tensor | None:
+    """Where SPoT's probe starts: the source prompts' mean initial value (None for a posterior that did not
+    save its initial particles: then a vocab draw of the probe's own)."""
+    initial = load_initial_particles(posterior)
+    if initial is None:
+        return None
+    if initial.shape[1] != length:
+        raise BmtptError(f"spot: the initial particles in {posterior} have length {initial.shape[1]}, not {length}")
+    return initial.mean(0)
+
+
+def train_probe(cfg: TargetConfig, steps: int, length: int, model, tokenizer, start: Tensor | None = None
+                ) -> tuple[Tensor, int]:
+    """SPoT's brief prompt tuning on the target: `steps` steps from `start` (else a vocab draw), no evaluation.
 
     Uses the target run's own training examples (same task, seed, cap and k-shot set) and its optimiser
     settings. Returns the prompt (length, d) and the example passes it cost.
@@ -188,10 +209,11 @@ def train_probe(cfg: TargetConfig, steps: int, length: int, model, tokenizer) ->
     seed_everything(cfg.seed)
     pm = PromptedModel.for_run(model, tokenizer, cfg)
     examples = load_train(task, cfg)
-    enc = encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens, cfg.max_target_tokens)
+    enc = pm.encode(task, examples, cfg.max_target_tokens)
     sampler = EpochSampler(len(enc), cfg.seed)
-    init = init_prompts(model, tokenizer, 1, length, "vocab", cfg.seed + PROBE_SEED_OFFSET)[0]
-    prompt = torch.nn.Parameter(init.to(pm.device))
+    if start is None:
+        start = init_prompts(model, tokenizer, 1, length, "vocab", cfg.seed + PROBE_SEED_OFFSET)[0]
+    prompt = torch.nn.Parameter(start.clone().float().to(pm.device))
     opt_ = make_optimizer([{"params": [prompt], "lr": cfg.lr}], cfg.optimizer, cfg.weight_decay)
     for step in range(1, steps + 1):
         opt_.zero_grad(set_to_none=True)
@@ -201,3 +223,52 @@ def train_probe(cfg: TargetConfig, steps: int, length: int, model, tokenizer) ->
             raise BmtptError(f"loss became non-finite at step {step} of the SPoT probe on {task.name}")
         opt_.step()
     return prompt.detach().float().cpu(), steps * cfg.batch_size
+
+
+def source_embeddings(posterior: str, names: list[str], cfg: TargetConfig, steps: int, start: Tensor, model,
+                      tokenizer) -> tuple[Tensor, int]:
+    """SPoT's task embeddings of the source tasks, (K, l, d): the displacement of a probe trained `steps` steps
+    on each source task from the shared start, with the target probe's settings. Kept in the posterior folder
+    (one file per probe setting), so every target of a grid pays for them once. Returns them and the passes."""
+    import hashlib
+    import json
+
+    from .prompts import load_tensors
+
+    key = json.dumps({"steps": steps, "tasks": names, **{k: getattr(cfg, k) for k in PROBE_OPTIONS}}, sort_keys=True)
+    path = Path(posterior) / f"spot-embeddings-{hashlib.sha1(key.encode()).hexdigest()[:10]}.safetensors"
+    if path.is_file():
+        return load_tensors(path)["embeddings"], 0
+    moved = []
+    for name in names:  # the stage's own seed, not the cell's: one set of embeddings per stage
+        probe_cfg = dataclasses.replace(cfg, task=name, shots=None, posterior=None, method="pt", seed=0)
+        moved.append(train_probe(probe_cfg, steps, start.shape[0], model, tokenizer, start)[0] - start)
+    emb = torch.stack(moved)
+    atomic_save_tensors({"embeddings": emb}, path)
+    return emb, len(names) * steps * cfg.batch_size
+
+
+# the target run's options that shape a probe (a change makes new source embeddings)
+PROBE_OPTIONS = ("lr", "optimizer", "weight_decay", "batch_size", "max_train_examples", "max_input_tokens",
+                 "max_target_tokens", "verbalizers", "data_dir", "model", "eval_mode")
+
+
+def spot_choose(posterior: str, particles: Tensor, cfg: TargetConfig, steps: int, pool: str, model, tokenizer
+                ) -> tuple[int, Tensor, Tensor, int]:
+    """SPoT's retrieval: probe the target from the source prompts' shared start, then pick the source prompt
+    whose task embedding (the same probe on its task) is most cosine-similar to the target probe's
+    displacement. Returns (index, similarities, probe prompt, probe passes, source-probe passes included)."""
+    start = probe_start(posterior, particles.shape[1])
+    probe, passes = train_probe(cfg, steps, particles.shape[1], model, tokenizer, start)
+    if start is None:  # an old posterior without its initial particles: compare the raw prompts
+        k, sims = spot_select(particles, probe, pool)
+        return k, sims, probe, passes
+    names = list(read_json_object(Path(posterior) / "posterior.json").get("source_tasks") or [])
+    if len(names) != particles.shape[0]:
+        raise BmtptError(f"spot: {posterior} holds {particles.shape[0]} prompts for {len(names)} source tasks")
+    emb, more = source_embeddings(posterior, names, cfg, steps, start, model, tokenizer)
+    # centred on the source embeddings' mean: every task's probe learns the answer format first, a common
+    # part that made all cosines ~0.98 on the tiny test models and hid which task is closest
+    common = emb.mean(0) if len(emb) > 1 else torch.zeros_like(emb[0])
+    k, sims = spot_select(emb - common, probe - start - common, pool)
+    return k, sims, probe, passes + more

@@ -183,23 +183,45 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         if args.suite not in suites:
             raise BmtptError(f"unknown suite {args.suite!r} (choose from {', '.join(suites)})")
         tasks = [t for t in tasks if t.suite == args.suite]
-    counts = None
+    counts, data_dir = None, None
+    tty = sys.stderr.isatty()
+
+    def progress(i, n, task):
+        if tty:
+            print(f"\r\033[K[{i}/{n}] {task.name}", end="", file=sys.stderr, flush=True)
+
     if args.data_dir:
         data_dir = Path(args.data_dir).expanduser()
         if not data_dir.is_dir():
             raise BmtptError(f"data dir {data_dir} does not exist")
-        tty = sys.stderr.isatty()
+    if args.max_input_tokens is not None and not (args.model and args.data_dir):
+        raise BmtptError("--max-input-tokens counts truncated inputs: give --model and --data-dir with it")
+    if args.max_input_tokens is not None and args.max_input_tokens <= 0:
+        raise BmtptError(f"--max-input-tokens must be positive, got {args.max_input_tokens}")
+    args.max_input_tokens = args.max_input_tokens or 256
+
+    if args.model:  # the label words and input truncation of one backbone instead of the size table
+        from .backbone import load_tokenizer
+        from .taskfit import fit_table
+
+        tokenizer, is_seq2seq = load_tokenizer(args.model, args.trust_remote_code)
+        if args.data_dir:
+            print(f"tokenising the inputs of {len(tasks)} tasks from {data_dir} ...", file=sys.stderr, flush=True)
+        print(fit_table(tasks, tokenizer, is_seq2seq, args.model, args.verbalizers,
+                        str(data_dir) if args.data_dir else None, args.max_input_tokens, progress))
+        _clear(tty)
+        return 0
+    if args.data_dir:
         print(f"reading the split sizes of {len(tasks)} tasks from {data_dir} ...", file=sys.stderr, flush=True)
-
-        def progress(i, n, task):
-            if tty:
-                print(f"\r\033[K[{i}/{n}] {task.name}", end="", file=sys.stderr, flush=True)
-
         counts = count_all(tasks, str(data_dir), progress)
-        if tty:
-            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        _clear(tty)
     print(task_table(tasks, args.format, counts))
     return 0
+
+
+def _clear(tty: bool) -> None:
+    if tty:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
 def cmd_demo(cfg) -> int:
@@ -234,6 +256,16 @@ def make_parser() -> argparse.ArgumentParser:
                    help="aligned text columns (default) or a markdown table")
     t.add_argument("--data-dir", metavar="DIR",
                    help="read the train/dev/test sizes from the local files under DIR ('missing' where absent)")
+    t.add_argument("--model", metavar="BACKBONE",
+                   help="instead of the sizes, show what each task becomes on this backbone (its tokenizer only): "
+                   "the label words classification is trained and scored on, and with --data-dir how many inputs "
+                   "exceed --max-input-tokens (a markdown table)")
+    t.add_argument("--max-input-tokens", type=int, metavar="N",
+                   help="with --model and --data-dir: count the inputs longer than N tokens (default 256)")
+    t.add_argument("--verbalizers", choices=("auto", "labels"), default="auto",
+                   help="with --model: the label-word rule to show (see `bmtpt target --help`)")
+    t.add_argument("--trust-remote-code", action="store_true",
+                   help="with --model: allow the backbone's own tokenizer code from the hub to run")
     x = sub.add_parser("experiment", help="run a grid of methods x target tasks x seeds (x k-shot) from a YAML file",
                        description="Run (or continue: finished cells are skipped) the grid of CONFIG.yaml, then "
                        "write results.jsonl, results.md and plots to its out folder (see configs/README.md).")

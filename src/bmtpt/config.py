@@ -31,7 +31,11 @@ class CommonConfig:
     max_input_tokens: int = opt(256, "inputs are truncated to this many tokens")
     max_target_tokens: int = opt(32, "targets are truncated to this many tokens")
     max_train_examples: int | None = opt(None, "use at most this many training examples per task")
-    max_eval_examples: int | None = opt(None, "evaluate on at most this many examples per split")
+    max_eval_examples: int | None = opt(None, "evaluate on at most this many examples per split (a fixed sample, "
+                                        "the same for every seed and method, so scores pair up)")
+    verbalizers: str = opt("auto", "words of classification labels: auto (on causal LMs, one token per label where "
+                           "the tokenizer allows: the labels or the task's one-word alternatives such as yes/no; "
+                           "seq2seq models keep the labels) or labels (always the task's labels)", ("auto", "labels"))
     precision: str = opt("fp32", "autocast precision of the backbone (prompts stay fp32)", ("fp32", "bf16", "fp16"))
     device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
     particle_chunk: int | None = opt(None, "evaluate at most this many prompts per forward pass (caps memory)")
@@ -94,7 +98,10 @@ class SourceConfig(CommonConfig):
                                 "(x1: a tempered posterior where SVGD's repulsion stays visible), 'dataset' "
                                 "(x N_k: the exact posterior, where repulsion is negligible) or a number")
     prior_std: float | None = opt(None, "std of the isotropic Gaussian prior log p(theta) (default: no prior)")
-    bandwidth: float | None = opt(None, "RBF bandwidth h of exp(-d^2/h) (default: median heuristic each step)")
+    bandwidth: float | None = opt(None, "RBF bandwidth h of exp(-d^2/h) (default: median heuristic each step; "
+                                  "a one-particle run records none, so its target prior needs one stated)")
+    final_eval_examples: int = opt(200, "dev examples of each source task on which the final particles and their "
+                                   "mean are scored, into posterior.json (0: skip)")
 
     def validate(self) -> None:
         """Raise BmtptError on values that cannot work."""
@@ -110,6 +117,8 @@ class SourceConfig(CommonConfig):
             raise BmtptError(f"--bandwidth must be positive, got {self.bandwidth}")
         if not self.mixing_temperature > 0:
             raise BmtptError(f"--mixing-temperature must be positive, got {self.mixing_temperature}")
+        if self.final_eval_examples < 0:
+            raise BmtptError(f"--final-eval-examples must be >= 0, got {self.final_eval_examples}")
         parse_likelihood_scale(self.likelihood_scale)
 
 
@@ -142,11 +151,17 @@ class TargetConfig(CommonConfig):
                      "their mean", ("kde", "gaussian"))
     prior_bandwidth: float | None = opt(None, "bandwidth h of the prior's kernel exp(-d^2/h) (gaussian: variance h/2) "
                                         "(default: the source stage's last bandwidth, from posterior.json)")
+    prior_bandwidth_from: str | None = opt(None, "take the prior's bandwidth from this other source run's "
+                                           "posterior.json (a one-particle posterior has none: an M = 1 ablation "
+                                           "borrows its M-particle twin's, so that only M changes)")
     rank_one: bool = opt(False, "train a rank-one multiplicative factor theta0 * (u v^T) as well")
     lr_factor: float = opt(0.01, "learning rate of the rank-one factors u, v")
     shots: int | None = opt(None, "k-shot training: k training examples drawn with --seed, taking a classification "
                             "task's labels in turn (balanced); replaces --max-train-examples")
-    eval_every: int = opt(50, "evaluate on the dev split every N steps and keep the best prompt")
+    eval_every: int = opt(50, "evaluate on the dev split every N steps and keep the best prompt (a tie goes to the "
+                          "later step)")
+    train_eval_examples: int = opt(128, "training examples (a fixed sample) also scored at every evaluation, logged "
+                                   "as train/<metric> in metrics.jsonl (0: off)")
     max_dev_examples: int | None = opt(None, "dev examples used to pick the best step (default: --max-eval-examples)")
     eval_mode: str = opt("rank", "rank: rank classification for classification tasks; generate: decode",
                          ("rank", "generate"))
@@ -159,6 +174,10 @@ class TargetConfig(CommonConfig):
             raise BmtptError("--task is required")
         if self.method != "pt" and not self.posterior:
             raise BmtptError(f"--posterior is required with --method {self.method}")
+        if self.train_eval_examples < 0:
+            raise BmtptError(f"--train-eval-examples must be >= 0, got {self.train_eval_examples}")
+        if self.prior_bandwidth is not None and self.prior_bandwidth_from:
+            raise BmtptError("give --prior-bandwidth or --prior-bandwidth-from, not both")
         for name in ("shots", "max_dev_examples", "prior_bandwidth"):
             v = getattr(self, name)
             if v is not None and not v > 0:

@@ -9,7 +9,7 @@ Layouts (the prompt is prepended later, in `bmtpt.prompted`):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,23 +49,59 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text).input_ids)
 
 
+def encode_input(tokenizer, example: Example, max_tokens: int) -> list[int]:
+    """The example's input ids, at most `max_tokens` of them.
+
+    A longer input gives way in its long field first (`Example.cut`: the premise, passage or first
+    sentence loses tokens from its end), so the question / hypothesis / second sentence after it stays
+    whole; only if that field is used up (or there is none) is the input's end cut. Finding the field's
+    tokens needs a fast tokenizer's character offsets; a slow tokenizer falls back to cutting the end.
+    """
+    ids = encode_text(tokenizer, example.input)
+    if len(ids) <= max_tokens:
+        return ids
+    if example.cut is None or not getattr(tokenizer, "is_fast", False):
+        return ids[:max_tokens]
+    enc = tokenizer(example.input, return_offsets_mapping=True)
+    a, b = example.cut
+    # a token belongs to the field when its middle character does (BPE tokens carry the space before them)
+    inside = [i for i, (s, e) in enumerate(enc.offset_mapping) if e > s and a <= (s + e) / 2 < b]
+    excess = len(enc.input_ids) - max_tokens
+    drop = set(inside[len(inside) - min(excess, len(inside)):])
+    return [t for i, t in enumerate(enc.input_ids) if i not in drop][:max_tokens]
+
+
+def is_truncated(tokenizer, example: Example, max_tokens: int) -> bool:
+    """True when the example's input is longer than `max_tokens` tokens (so `encode_input` shortens it)."""
+    return len(encode_text(tokenizer, example.input)) > max_tokens
+
+
 def encode_examples(tokenizer, examples: Sequence[Example], is_seq2seq: bool, max_input_tokens: int = 256,
-                    max_target_tokens: int = 32) -> Encoded:
-    """Tokenise inputs and targets; long inputs are truncated on the right (keeping their start)."""
+                    max_target_tokens: int = 32, words: Mapping[str, str] | None = None, eos: bool = True
+                    ) -> Encoded:
+    """Tokenise inputs (see `encode_input` for long ones) and targets.
+
+    `words` maps a target label to the word the backbone is trained on (`bmtpt.verbalizers`); `eos=False`
+    leaves the end-of-text token out of the targets (rank-classified tasks are scored on the label only).
+    """
     inputs, targets = [], []
     for ex in examples:
-        inputs.append(encode_text(tokenizer, ex.input)[:max_input_tokens])
-        targets.append(encode_target(tokenizer, ex.target, is_seq2seq)[:max_target_tokens])
+        inputs.append(encode_input(tokenizer, ex, max_input_tokens))
+        text = words.get(ex.target, ex.target) if words else ex.target
+        targets.append(encode_target(tokenizer, text, is_seq2seq, eos)[:max_target_tokens])
     return Encoded(inputs, targets)
 
 
-def encode_target(tokenizer, text: str, is_seq2seq: bool) -> list[int]:
+def encode_target(tokenizer, text: str, is_seq2seq: bool, eos: bool = True) -> list[int]:
     """Target ids. Seq2seq tokenizers add </s> themselves; for causal LMs we tokenise ' ' + text without
-    special tokens and append EOS, so generation learns to stop."""
+    special tokens and append EOS, so generation learns to stop. `eos=False`: no end-of-text token."""
     if is_seq2seq:
-        return encode_text(tokenizer, text)
+        ids = encode_text(tokenizer, text)
+        if not eos and len(ids) > 1 and ids[-1] == tokenizer.eos_token_id:
+            ids = ids[:-1]
+        return ids
     ids = list(tokenizer(" " + text, add_special_tokens=False).input_ids)
-    if tokenizer.eos_token_id is not None:
+    if eos and tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return ids
 

@@ -107,6 +107,7 @@ class Cell:
     stage: Stage | None
     spot: dict | None
     config_hash: str
+    bandwidth_stage: Stage | None = None  # the stage --prior-bandwidth-from reads (trained before the cell)
 
     @property
     def key(self) -> str:
@@ -350,6 +351,30 @@ def _build(cls, values: dict, where: str):
     return cfg
 
 
+def _stage(exp: ExperimentConfig, spec: MethodSpec, seed: int, run: dict, source_root: Path,
+           stages: dict[str, Stage]) -> Stage | None:
+    """The source stage of one method for one seed (None for pt), added to `stages` when new."""
+    kind = STAGE_KIND[spec.base]
+    if kind is None:
+        return None
+    s_seed = seed if exp.source_per_seed else exp.seeds[0]
+    values = {**run, **exp.common, **exp.source, **spec.overrides["source"], "tasks": ",".join(exp.sources),
+              "seed": s_seed}
+    cls = SourceConfig
+    if kind == "independent":
+        values.update(method="independent", particles=len(exp.sources))
+    elif kind == "svgd":
+        values["method"] = "svgd"
+    else:
+        cls = MptConfig
+        values.update(method="mpt", particles=1, **exp.mpt, **spec.overrides["mpt"])
+    key = f"{kind}-s{s_seed}-{config_hash(values, kind=kind)}"
+    if key not in stages:
+        values["out"] = str(source_root / key)
+        stages[key] = Stage(key, kind, s_seed, _build(cls, values, f"method {spec.name}: source"))
+    return stages[key]
+
+
 def plan_experiment(exp: ExperimentConfig) -> Plan:
     """Every distinct source stage and every cell (seed, shots, method, task order), all validated."""
     root = Path(exp.out).expanduser()
@@ -359,32 +384,24 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
            "trust_remote_code": exp.trust_remote_code, "progress": exp.progress, "overwrite": True}
     stages: dict[str, Stage] = {}
     cells: list[Cell] = []
+    names = {spec.name: spec for spec in exp.methods}
     for seed in exp.seeds:
+        # each method's source stage for this seed (stages with the same configuration are shared)
+        stage_of = {spec.name: _stage(exp, spec, seed, run, source_root, stages) for spec in exp.methods}
         for shots in exp.shots:
             for spec in exp.methods:
-                kind = STAGE_KIND[spec.base]
-                stage = None
-                if kind is not None:
-                    s_seed = seed if exp.source_per_seed else exp.seeds[0]
-                    values = {**run, **exp.common, **exp.source, **spec.overrides["source"],
-                              "tasks": ",".join(exp.sources), "seed": s_seed}
-                    cls = SourceConfig
-                    if kind == "independent":
-                        values.update(method="independent", particles=len(exp.sources))
-                    elif kind == "svgd":
-                        values["method"] = "svgd"
-                    else:
-                        cls = MptConfig
-                        values.update(method="mpt", particles=1, **exp.mpt, **spec.overrides["mpt"])
-                    key = f"{kind}-s{s_seed}-{config_hash(values, kind=kind)}"
-                    if key not in stages:
-                        values["out"] = str(source_root / key)
-                        stages[key] = Stage(key, kind, s_seed, _build(cls, values, f"method {spec.name}: source"))
-                    stage = stages[key]
+                stage = stage_of[spec.name]
                 for task in exp.targets:
                     values = {**run, **exp.common, **exp.target, **spec.overrides["target"],
                               **FIXED_TARGET[spec.base], "task": task, "seed": seed,
                               "posterior": str(stage.cfg.out) if stage else None}
+                    borrowed = None
+                    if values.get("prior_bandwidth_from") in names:  # a method of the grid: its stage's folder
+                        borrowed = stage_of[values["prior_bandwidth_from"]]
+                        if borrowed is None:
+                            _fail(f"method {spec.name}", f"prior_bandwidth_from names method "
+                                  f"{values['prior_bandwidth_from']!r}, which has no source stage")
+                        values["prior_bandwidth_from"] = str(borrowed.cfg.out)
                     if shots:
                         values["shots"] = shots  # k label-balanced examples drawn with the cell's seed
                     label = f"k{shots}" if shots else "full"
@@ -393,5 +410,5 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
                     cfg = _build(TargetConfig, values, f"method {spec.name}, target {task}")
                     h = config_hash(values, base=spec.base, stage=stage.key if stage else None, spot=spot)
                     cells.append(Cell(spec.name, spec.base, task, get_task(task).suite, seed, shots, cfg, stage,
-                                      spot, h))
+                                      spot, h, borrowed))
     return Plan(exp, stages, cells)

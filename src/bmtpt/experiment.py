@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .baselines import spot_select, train_mpt_source, train_probe
+from .baselines import spot_choose, train_mpt_source
 from .checkpoint import CHECKPOINT_FILE, check_resume_options, read_checkpoint_meta
 from .errors import BmtptError
 from .expconfig import Cell, ExperimentConfig, Plan, Stage, load_experiment, plan_experiment
 from .prompts import atomic_save_tensors, atomic_write_json, load_posterior
 from .source import run_source
-from .target import run_target
+from .target import PREDICTIONS_FILE, run_target
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "append_record", "read_records", "run_experiment"]
 
@@ -137,12 +137,14 @@ def ensure_stage(stage: Stage, backbone: Callable, cache: dict) -> tuple:
 def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
     """Run one cell (its source stage if needed, SPoT's probe, the target run) and return its record."""
     particles, meta = ensure_stage(cell.stage, backbone, cache) if cell.stage else (None, {})
+    if cell.bandwidth_stage is not None:  # --prior-bandwidth-from another stage: it must exist first
+        ensure_stage(cell.bandwidth_stage, backbone, cache)
     model, tokenizer = backbone()
     cfg = dataclasses.replace(cell.target)
     spot, probe_passes, probe = None, 0, None
     if cell.base == "spot":
-        probe, probe_passes = train_probe(cfg, cell.spot["steps"], particles.shape[1], model, tokenizer)
-        k, sims = spot_select(particles, probe, cell.spot["pool"])
+        k, sims, probe, probe_passes = spot_choose(cell.stage.cfg.out, particles, cfg, cell.spot["steps"],
+                                                   cell.spot["pool"], model, tokenizer)
         cfg.init = f"particle:{k}"
         names = meta.get("source_tasks", [])
         spot = {"chosen": k, "chosen_task": names[k] if k < len(names) else None,
@@ -152,11 +154,16 @@ def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
         atomic_save_tensors({"prompt": probe}, res.out / "spot_probe.safetensors")
         atomic_write_json(spot, res.out / "spot.json")
     target = json.loads((res.out / "target.json").read_text())
+    preds = json.loads((res.out / PREDICTIONS_FILE).read_text())
     rel = lambda p: os.path.relpath(p, root)  # noqa: E731 - records stay valid when the folder moves
     return {"key": cell.key, "config_hash": cell.config_hash, "method": cell.method, "base": cell.base,
             "task": cell.task, "suite": cell.suite, "seed": cell.seed, "shots": cell.shots,
             "test_score": res.metrics["test"]["score"], "dev_score": res.metrics["dev"]["score"],
             "dev": res.metrics["dev"], "test": res.metrics["test"], "best_step": res.metrics["best_step"],
+            "dev_examples": res.metrics["dev_examples"], "test_examples": res.metrics["test_examples"],
+            # example-level test results (1 = correct), the same examples in every cell of the task: the
+            # paired bootstrap of the report resamples them
+            **({"test_correct": "".join(map(str, preds["correct"]))} if "correct" in preds else {}),
             "trainable_parameters": target["trainable_parameters"],
             "source_passes": int(meta.get("compute", {}).get("example_passes", 0)), "probe_passes": probe_passes,
             "source_stage": rel(cell.stage.cfg.out) if cell.stage else None, "run_dir": rel(res.out),

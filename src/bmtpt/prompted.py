@@ -25,9 +25,10 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .backbone import embedding_width, is_seq2seq_config
-from .data import Batch, batch_of, chunks, collate, encode_examples, encode_target, encode_text
+from .data import Batch, Encoded, batch_of, chunks, collate, encode_examples, encode_input, encode_target
 from .errors import BmtptError
 from .tasks import Example, Task
+from .verbalizers import label_words
 
 
 def autocast(device: str, precision: str):
@@ -104,11 +105,17 @@ class PromptedModel:
     `gradient_checkpointing`: recompute each backbone layer during the backward pass (non-reentrant
     torch checkpointing) instead of storing its activations. `full_logits`: causal LMs compute the LM
     head at every position instead of the target positions only (slower; a benchmark baseline).
+    `verbalizers` ('auto' or 'labels') picks the words classification labels are trained and scored as
+    (`bmtpt.verbalizers`); `eval_mode` ('rank' or 'generate') decides whether classification targets end
+    in an end-of-text token (generation needs one to stop; rank classification scores the label only).
     """
 
     def __init__(self, model, tokenizer, precision: str = "fp32", max_input_tokens: int = 256,
-                 gradient_checkpointing: bool = False, full_logits: bool = False, compile: bool = False):  # noqa: A002
+                 gradient_checkpointing: bool = False, full_logits: bool = False, compile: bool = False,  # noqa: A002
+                 verbalizers: str = "auto", eval_mode: str = "rank"):
         self.model, self.tokenizer = model, tokenizer
+        self.verbalizers, self.eval_mode = verbalizers, eval_mode
+        self._words: dict[str, dict[str, str]] = {}
         model.requires_grad_(False)  # a model passed in directly (not via load_backbone) must stay frozen too
         self.is_seq2seq = is_seq2seq_config(model.config)
         self.precision = precision
@@ -133,7 +140,23 @@ class PromptedModel:
     def for_run(cls, model, tokenizer, cfg) -> PromptedModel:
         """The PromptedModel of a training run: precision, truncation, checkpointing and compile from `cfg`."""
         return cls(model, tokenizer, cfg.precision, cfg.max_input_tokens,
-                   gradient_checkpointing=cfg.gradient_checkpointing, compile=getattr(cfg, "compile", False))
+                   gradient_checkpointing=cfg.gradient_checkpointing, compile=getattr(cfg, "compile", False),
+                   verbalizers=getattr(cfg, "verbalizers", "auto"), eval_mode=getattr(cfg, "eval_mode", "rank"))
+
+    def words(self, task: Task) -> dict[str, str]:
+        """label -> the word this backbone is trained and scored on for it (`bmtpt.verbalizers`)."""
+        if task.name not in self._words:
+            self._words[task.name] = label_words(task, self.tokenizer, self.is_seq2seq, self.verbalizers)
+        return self._words[task.name]
+
+    def label_only(self, task: Task) -> bool:
+        """True when the task is rank-classified: its targets are the label's tokens, with no end-of-text."""
+        return task.is_classification and self.eval_mode == "rank"
+
+    def encode(self, task: Task, examples: Sequence[Example], max_target_tokens: int = 32) -> Encoded:
+        """Token ids of a task's examples as training sees them (label words, no EOS when rank-classified)."""
+        return encode_examples(self.tokenizer, examples, self.is_seq2seq, self.max_input_tokens, max_target_tokens,
+                               self.words(task), eos=not self.label_only(task))
 
     @property
     def embed_dim(self) -> int:
@@ -212,10 +235,11 @@ class PromptedModel:
                       batch_size: int = 32) -> tuple[list[str], Tensor]:
         """Pick, for each example, the verbalizer with the highest summed log-likelihood.
 
+        The candidates are scored on their own tokens (no end-of-text token), as training sees them.
         Returns the predicted verbalizers and the (N, C) log-likelihood matrix.
         """
         enc = encode_examples(self.tokenizer, examples, self.is_seq2seq, self.max_input_tokens)
-        cands = [encode_target(self.tokenizer, v, self.is_seq2seq) for v in verbalizers]
+        cands = [encode_target(self.tokenizer, v, self.is_seq2seq, eos=False) for v in verbalizers]
         c = len(cands)
         scores = []
         per = max(1, batch_size // c)
@@ -290,7 +314,7 @@ class PromptedModel:
         """Greedy-decode an answer for each example with the prompt prepended (transformers' generate)."""
         out: list[str] = []
         for part in self._bar(chunks(list(examples), batch_size), -(-len(examples) // batch_size), "generate"):
-            ids = [encode_text(self.tokenizer, e.input)[: self.max_input_tokens] for e in part]
+            ids = [encode_input(self.tokenizer, e, self.max_input_tokens) for e in part]
             # Causal LMs continue after the last position, so their inputs are left-padded: collate with a
             # one-token dummy target (which lands in the last column) and cut that column off.
             batch = collate(ids, [[self.pad_id]] * len(ids), self.pad_id, self.is_seq2seq)
@@ -306,10 +330,14 @@ class PromptedModel:
     def predict(self, prompt: Tensor, task: Task, examples: Sequence[Example], mode: str = "rank",
                 batch_size: int = 32) -> list:
         """Predictions for a task: rank classification for classification tasks in 'rank' mode, else
-        generation."""
+        generation. A classification task's predictions are its labels (the backbone's words mapped back)."""
+        words = self.words(task)
+        back = {w: label for label, w in words.items()}
         if mode == "rank" and task.is_classification:
-            return self.rank_classify(prompt, examples, task.verbalizers, batch_size)[0]
-        return self.generate(prompt, examples, task.max_target_tokens, batch_size)
+            preds = self.rank_classify(prompt, examples, [words[v] for v in task.verbalizers], batch_size)[0]
+        else:
+            preds = self.generate(prompt, examples, task.max_target_tokens, batch_size)
+        return [back.get(p, p) for p in preds]
 
     def evaluate(self, prompt: Tensor, task: Task, examples: Sequence[Example], mode: str = "rank",
                  batch_size: int = 32) -> dict[str, float]:

@@ -136,12 +136,14 @@ POSTERIOR_KEYS = ("format", "library_version", "backbone", "prompt_length", "emb
 POSTERIOR_FORMAT = 1
 
 
-def save_posterior(out: str | Path, particles: Tensor, info: dict) -> None:
-    """Write `particles.safetensors` ((M, l, d) under key `particles`) and `posterior.json`."""
+def save_posterior(out: str | Path, particles: Tensor, info: dict, initial: Tensor | None = None) -> None:
+    """Write `particles.safetensors` ((M, l, d) under key `particles`, and the particles' starting values
+    under `initial` when given) and `posterior.json`."""
     out = Path(out)
     meta = {"format": POSTERIOR_FORMAT, "library_version": __version__, **info,
             "num_particles": particles.shape[0], "prompt_length": particles.shape[1], "embed_dim": particles.shape[2]}
-    atomic_save_tensors({"particles": particles.float()}, out / "particles.safetensors")
+    tensors = {"particles": particles.float(), **({"initial": initial.float()} if initial is not None else {})}
+    atomic_save_tensors(tensors, out / "particles.safetensors")
     atomic_write_json(meta, out / "posterior.json")
 
 
@@ -168,7 +170,15 @@ def load_posterior(folder: str | Path) -> tuple[Tensor, dict]:
         raise BmtptError(f"particles have shape {tuple(particles.shape)} but posterior.json says {expect}")
     if not torch.isfinite(particles).all():
         raise BmtptError(f"{folder / 'particles.safetensors'} holds non-finite values")
-    h = meta["bandwidth"]  # the target stage's prior divides by it
+    h = meta["bandwidth"]  # the target stage's prior divides by it; a single particle has none
+    if h is None and meta["num_particles"] == 1:
+        return particles.float(), meta
     if isinstance(h, bool) or not isinstance(h, int | float) or not 0 < h < float("inf"):
         raise BmtptError(f"{meta_path}: bandwidth must be a positive number, got {h!r}")
     return particles.float(), meta
+
+
+def load_initial_particles(folder: str | Path) -> Tensor | None:
+    """The particles' starting values saved by the source stage (None for runs that did not save them)."""
+    t = load_tensors(Path(folder) / "particles.safetensors").get("initial")
+    return None if t is None else t.float()

@@ -16,7 +16,8 @@ from .config import CommonConfig
 from .errors import BmtptError
 from .tasks import Example, Task
 
-RESULT_FILES = ("posterior.json", "particles.safetensors", "target.json", "prompt.safetensors", "metrics.jsonl")
+RESULT_FILES = ("posterior.json", "particles.safetensors", "target.json", "prompt.safetensors", "metrics.jsonl",
+                "predictions-test.json")
 FINISHED_FILES = ("posterior.json", "target.json")  # written last: their presence means the run completed
 
 
@@ -172,6 +173,9 @@ def check_data_dir(data_dir: str | None) -> None:
         raise BmtptError(f"data folder {data_dir} does not exist")
 
 
+EVAL_SAMPLE_SEED = 0  # the seed of every dev/test sample (--max-eval-examples, --max-dev-examples)
+
+
 def load_split(task: Task, split: str, cfg: CommonConfig, limit: int | None = None,
                balanced: bool = False) -> list[Example]:
     """A task's split, optionally subsampled (seeded) to `limit` examples; never empty.
@@ -180,9 +184,12 @@ def load_split(task: Task, split: str, cfg: CommonConfig, limit: int | None = No
     counts differ by at most one (unless a label runs out); a plain random 16 of a skewed task such as
     CoLA (70% acceptable) can miss a label altogether.
     """
-    examples = task.load(split, cfg.data_dir, cfg.seed)
+    # dev/test examples do not depend on the run's seed: every method and seed is scored on the same
+    # examples, so their scores pair up example by example (the benchmark's bootstrap needs that)
+    seed = cfg.seed if split == "train" else EVAL_SAMPLE_SEED
+    examples = task.load(split, cfg.data_dir, seed)
     if limit is not None and len(examples) > limit:
-        rng = random.Random(cfg.seed * 7919 + len(examples))
+        rng = random.Random(seed * 7919 + len(examples))
         if balanced and task.is_classification:
             picked = _balanced_sample([e.target for e in examples], limit, rng)
         else:

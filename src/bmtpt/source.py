@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import Checkpoint, check_resume_options, load_checkpoint, save_checkpoint
 from .config import SourceConfig, parse_likelihood_scale
-from .data import Batch, EpochSampler, collate, encode_examples, select_rows
+from .data import Batch, EpochSampler, collate, select_rows
 from .errors import BmtptError
 from .prompted import PromptedModel
 from .prompts import init_prompts, save_posterior
@@ -160,20 +160,20 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
         check_resume_options(ckpt.config, cfg.to_dict(), cfg.out)
     seed_everything(cfg.seed)
     train = [load_split(task, "train", cfg, cfg.max_train_examples) for task in tasks]  # data errors before the model
+    dev = [load_split(task, "dev", cfg, cfg.final_eval_examples) for task in tasks] if cfg.final_eval_examples else []
     if model is None:
         model, tokenizer = load_model(cfg, device)
     pm = PromptedModel.for_run(model, tokenizer, cfg)
 
     # tokenise each data set once; steps only cut batches from the ids
-    encoded = [encode_examples(tokenizer, examples, pm.is_seq2seq, cfg.max_input_tokens, cfg.max_target_tokens)
-               for examples in train]
+    encoded = [pm.encode(task, examples, cfg.max_target_tokens) for task, examples in zip(tasks, train)]
     samplers = [EpochSampler(len(examples), cfg.seed * 1000 + k) for k, examples in enumerate(train)]
     sizes = [len(e) for e in encoded]
     per_task = mixing_sizes(sizes, cfg.batch_size, cfg.mixing, cfg.mixing_temperature)
     weights = torch.tensor([float(n) if scale == "dataset" else (1.0 if scale == "mean" else scale) for n in sizes])
 
-    particles = init_prompts(model, tokenizer, cfg.particles, cfg.prompt_length, cfg.init, cfg.seed).to(device)
-    particles = torch.nn.Parameter(particles)
+    initial = init_prompts(model, tokenizer, cfg.particles, cfg.prompt_length, cfg.init, cfg.seed)
+    particles = torch.nn.Parameter(initial.clone().to(device))
     opt = make_optimizer([{"params": [particles], "lr": cfg.lr}], cfg.optimizer, cfg.weight_decay)
     groups = torch.tensor([k for k, n in enumerate(per_task) for _ in range(n)], device=device)
     names = [t.name for t in tasks]
@@ -235,10 +235,31 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
             "train_sizes": sizes, "compute": {"example_passes": rows_per_step * cfg.steps},
             "hyperparameters": cfg.to_dict()}
     final = particles.detach().float().cpu()
-    # The prior of the target stage uses the kernel width of the *final* particles.
-    info["bandwidth"] = cfg.bandwidth or median_bandwidth(pairwise_sq_dists(final))
-    save_posterior(out, final, info)  # posterior.json last: its presence marks the run complete
+    # The prior of the target stage uses the kernel width of the *final* particles. One particle has no
+    # spread to measure, so its posterior records none (the median heuristic's fallback h = 1 is arbitrary
+    # and would make the prior of an M = 1 ablation ~100x stronger than the M-particle run's).
+    info["bandwidth"] = cfg.bandwidth or (median_bandwidth(pairwise_sq_dists(final)) if len(final) > 1 else None)
+    if dev:
+        info["final_dev"] = final_dev_scores(pm, final.to(pm.device), tasks, dev, cfg.progress)
+    # the initial particles go with the final ones: SPoT compares what training *moved* (final - initial)
+    save_posterior(out, final, info, initial=initial)  # posterior.json last: its presence marks the run complete
     return SourceResult(final, info, out)
+
+
+def final_dev_scores(pm: PromptedModel, particles: Tensor, tasks: list, dev: list[list], progress: bool = True
+                     ) -> dict[str, dict]:
+    """Each source task's dev score under the particles' mean and under each particle (is every source
+    task learnt well above chance? the evidence that the posterior holds something to transfer)."""
+    from .target import score_of  # target imports nothing of this module; late to keep the import order plain
+
+    out = {}
+    mean = particles.mean(0)
+    for task, examples in tqdm(list(zip(tasks, dev)), desc="source dev scores", disable=not progress, leave=False):
+        def score(prompt: Tensor, task=task, examples=examples) -> float:
+            return round(score_of(pm.evaluate(prompt, task, examples)), 6)
+
+        out[task.name] = {"mean": score(mean), "particles": [score(p) for p in particles], "examples": len(examples)}
+    return out
 
 
 def _restore(ckpt: Checkpoint, particles: Tensor, opt: torch.optim.Optimizer, samplers: list[EpochSampler],

@@ -12,6 +12,7 @@ to checkpoint.safetensors (`bmtpt.checkpoint`); --resume continues from it as if
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from . import __version__
 from .backbone import embedding_width
 from .checkpoint import Checkpoint, check_resume_options, file_digest, load_checkpoint, save_checkpoint
 from .config import TargetConfig
-from .data import EpochSampler, batch_of, encode_examples
+from .data import EpochSampler, batch_of
 from .errors import BmtptError
 from .prompted import PromptedModel
 from .prompts import atomic_save_tensors, atomic_write_json, init_prompts, load_posterior
@@ -44,6 +45,7 @@ from .svgd import gaussian_log_density, kde_log_density
 from .tasks import Task, get_task
 
 TARGET_FORMAT = 1
+PREDICTIONS_FILE = "predictions-test.json"
 
 
 @dataclass
@@ -100,8 +102,37 @@ def score_of(metrics: dict) -> float:
 
 def evaluate_prompt(pm: PromptedModel, prompt: Tensor, task: Task, examples, cfg: TargetConfig) -> dict:
     """The task's metrics plus their mean under the key 'score'."""
-    m = pm.evaluate(prompt.detach(), task, examples, cfg.eval_mode, cfg.eval_batch_size)
-    return {**m, "score": score_of(m)}
+    return predict_and_score(pm, prompt, task, examples, cfg)[0]
+
+
+def predict_and_score(pm: PromptedModel, prompt: Tensor, task: Task, examples, cfg: TargetConfig
+                      ) -> tuple[dict, list]:
+    """(the task's metrics plus their mean under 'score', the predictions example by example)."""
+    preds = pm.predict(prompt.detach(), task, examples, cfg.eval_mode, cfg.eval_batch_size)
+    m = task.score(preds, examples)
+    return {**m, "score": score_of(m)}, preds
+
+
+def prior_bandwidth(cfg: TargetConfig, meta: dict) -> float:
+    """The prior's kernel width: --prior-bandwidth, else --prior-bandwidth-from's posterior.json, else the
+    posterior's own. A one-particle posterior records none (no spread to measure), so it must be stated."""
+    if cfg.prior_bandwidth is not None:
+        return cfg.prior_bandwidth
+    if cfg.prior_bandwidth_from:
+        h = load_posterior(cfg.prior_bandwidth_from)[1].get("bandwidth")
+        if h is None:
+            raise BmtptError(f"--prior-bandwidth-from {cfg.prior_bandwidth_from}: that posterior records no bandwidth "
+                             "either (it has one particle)")
+        return float(h)
+    if meta.get("bandwidth") is None:
+        raise BmtptError(f"the posterior in {cfg.posterior} has one particle, so it has no kernel width for the prior: "
+                         "give --prior-bandwidth H or --prior-bandwidth-from SOURCE_RUN (or --prior-weight 0)")
+    return float(meta["bandwidth"])
+
+
+def train_sample(train: list, n: int, seed: int) -> list:
+    """The fixed sample of training examples scored at every evaluation (train accuracy)."""
+    return train if len(train) <= n else random.Random(seed).sample(train, n)
 
 
 def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
@@ -148,11 +179,22 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         groups.append({"params": [u, v], "lr": cfg.lr_factor})
     opt = make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
     lam = cfg.prior_weight if cfg.method == "bmtpt" else 0.0
-    bandwidth = cfg.prior_bandwidth or meta.get("bandwidth")
-    prior = PriorTerm(particles.to(device), bandwidth, cfg.prior) if particles is not None and lam > 0 else None
+    prior, bandwidth = None, None
+    if particles is not None and lam > 0:
+        bandwidth = prior_bandwidth(cfg, meta)
+        prior = PriorTerm(particles.to(device), bandwidth, cfg.prior)
 
-    enc = encode_examples(tokenizer, train, pm.is_seq2seq, cfg.max_input_tokens, cfg.max_target_tokens)
+    enc = pm.encode(task, train, cfg.max_target_tokens)
     sampler = EpochSampler(len(enc), cfg.seed)
+    seen = train_sample(train, cfg.train_eval_examples, cfg.seed)
+
+    def evaluation(step: int) -> dict:
+        """Score the current prompt on dev (and the training sample), log it and return the dev metrics."""
+        dev_m = evaluate_prompt(pm, current(), task, dev, cfg)
+        train_m = evaluate_prompt(pm, current(), task, seen, cfg) if seen else {}
+        log.write(step=step, **{f"dev/{k}": v_ for k, v_ in dev_m.items()},
+                  **{f"train/{k}": v_ for k, v_ in train_m.items()})
+        return dev_m
 
     def current() -> Tensor:
         return effective_prompt(theta0, u, v)
@@ -162,10 +204,9 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     start, last_saved = 1, None
     if ckpt is None:
         save_config(out, "target", cfg)
-        best = {"step": 0, "dev": evaluate_prompt(pm, current(), task, dev, cfg)}
+        best = {"step": 0, "dev": evaluation(0)}
         best_prompt = current().detach().clone()
         best_state = _params(theta0, u, v)
-        log.write(step=0, **{f"dev/{k}": v_ for k, v_ in best["dev"].items()})
     else:  # the resumed run keeps the interrupted run's config.yaml
         best, best_prompt, best_state, log = _restore(ckpt, theta0, u, v, opt, sampler, len(enc), log, out)
         start, last_saved = ckpt.step + 1, ckpt.step
@@ -189,9 +230,9 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         if step % cfg.log_every == 0:
             log.write(step=step, nll=nll_mean.item(), log_prior=log_prior.item(), loss=loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            dev_m = evaluate_prompt(pm, current(), task, dev, cfg)
-            log.write(step=step, **{f"dev/{k}": v_ for k, v_ in dev_m.items()})
-            if dev_m["score"] > best["dev"]["score"]:
+            dev_m = evaluation(step)
+            # >=: a tie goes to the later (trained) prompt; with `>` a small dev set kept the untrained one
+            if dev_m["score"] >= best["dev"]["score"]:
                 best = {"step": step, "dev": dev_m}
                 best_prompt, best_state = current().detach().clone(), _params(theta0, u, v)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -202,8 +243,13 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
                              "posterior_sha256": digest, "log_position": log.position(), "elapsed_s": log.elapsed()})
             last_saved = step
 
-    test_m = evaluate_prompt(pm, best_prompt, task, test, cfg)
-    metrics = {"dev": best["dev"], "test": test_m, "best_step": best["step"]}
+    test_m, preds = predict_and_score(pm, best_prompt, task, test, cfg)
+    metrics = {"dev": best["dev"], "test": test_m, "best_step": best["step"], "dev_examples": len(dev),
+               "test_examples": len(test)}
+    # example-level test results: what a paired bootstrap over test examples resamples
+    atomic_write_json({"task": task.name, "split": "test", "predictions": preds,
+                       **({"correct": [int(p == e.target) for p, e in zip(preds, test)]}
+                          if task.is_classification else {})}, out / PREDICTIONS_FILE)
     log.write(step=cfg.steps, **{f"test/{k}": v_ for k, v_ in test_m.items()}, best_step=best["step"])
     tensors = {"prompt": best_prompt, **best_state}
     atomic_save_tensors(tensors, out / "prompt.safetensors")
@@ -212,6 +258,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
                        "task": task.name, "method": cfg.method, "posterior": cfg.posterior,
                        "source_tasks": meta.get("source_tasks"), "prompt_length": best_prompt.shape[0],
                        "embed_dim": best_prompt.shape[1], "prior_weight": lam,
+                       "label_words": pm.words(task) if task.is_classification else None,
                        "prior_bandwidth": bandwidth if prior is not None else None,
                        "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
                        "metrics": metrics, "hyperparameters": cfg.to_dict()}, out / "target.json")

@@ -17,7 +17,7 @@ from .errors import BmtptError
 SPLITS = ("train", "dev", "test")
 # How a task's train/dev/test come from its original splits (see suites/splits.py): the ATTEMPT/MPT
 # conventions for benchmark sets, or "generated" for tasks that generate each split directly.
-CONVENTIONS = ("small", "large", "mnli", "generated")
+CONVENTIONS = ("small", "large", "mnli", "official", "dev-train", "lm-bff", "generated")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,10 @@ class Example:
     target: str
     reference: Any = None  # defaults to `target`
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    # (start, end) characters of the input's long field (premise, passage, context, first sentence): when the
+    # input exceeds --max-input-tokens, tokens are dropped from the end of this field, so the question /
+    # hypothesis / second sentence stays whole. None: the input's end is cut.
+    cut: tuple[int, int] | None = field(default=None, compare=False, hash=False)
 
     @property
     def ref(self) -> Any:
@@ -83,6 +87,9 @@ class Task:
     metric_kwargs: dict = field(default_factory=dict)
     convention: str = ""  # one of CONVENTIONS; by default the loader's own (`make_loader` labels it)
     official: OfficialSizes | None = None
+    # label -> a natural one-word alternative ("entailment" -> "yes"): on backbones whose tokenizer makes every
+    # label several tokens, these become the verbalizers when each is one token (see `bmtpt.verbalizers`)
+    words: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.convention:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import BmtptError
 from ..tasks import Example, Task, register
 from . import readers
-from .readers import Row, label_word, make_input
+from .readers import Row, label_word, long_span, make_input
 from .sizes import OFFICIAL
 from .splits import make_loader
 
@@ -41,6 +41,7 @@ class GlueSpec:
     metrics: tuple[str, ...] = ("accuracy",)
     positive: str | None = None  # F1's positive class (a verbalizer)
     description: str = ""
+    long: str = ""  # the field that gives way when an input is too long (default: the first)
 
 
 def _stsb_target(score: float) -> str:
@@ -59,13 +60,14 @@ def parse_score(text: str) -> float:
 
 def _example(spec: GlueSpec, row: Row, fields: list[tuple[str, str]], label: object) -> Example:
     text = make_input(spec.name, fields)
+    cut = long_span(spec.name, fields, spec.long or fields[0][0])
     if not spec.verbalizers:  # STS-B: generate the rounded score; the metric compares with the gold score
         try:
             score = float(label)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise BmtptError(f"task {spec.name}: score {label!r} ({row.where}) is not a number") from None
-        return Example(text, _stsb_target(score), reference=score)
-    return Example(text, str(label))
+        return Example(text, _stsb_target(score), reference=score, cut=cut)
+    return Example(text, str(label), cut=cut)
 
 
 def _local(spec: GlueSpec) -> Callable[[Path, str], list[Example]]:
@@ -130,7 +132,8 @@ SPECS = (
              description="Quora Question Pairs: are the questions duplicates? (source task)"),
     GlueSpec("qnli", "QNLI", "qnli", "large",
              (("question", "question", "question"), ("sentence", "sentence", "sentence")), "label",
-             _NLI2, _NLI2, description="QNLI: does the sentence answer the question? (source task)"),
+             _NLI2, _NLI2, description="QNLI: does the sentence answer the question? (source task)",
+             long="sentence"),
     GlueSpec("sst2", "SST-2", "sst2", "large", (("sentence", "sentence", "sentence"),), "label",
              ("negative", "positive"), ("0", "1"), description="SST-2: sentence sentiment (source task)"),
     GlueSpec("stsb", "STS-B", "stsb", "small", _PAIR, "score", metrics=("pearson", "spearman"),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..tasks import Example, Task, register
 from . import readers
-from .readers import Row, label_word, make_input
+from .readers import Row, label_word, long_span, make_input
 from .sizes import OFFICIAL
 from .splits import make_loader
 
@@ -32,7 +32,9 @@ _SMALL_WINOGRANDE = ("xs", "s")
 
 
 def _pair_example(task: str, row: Row, names: tuple[str, str], keys: tuple[str, str], label: str) -> Example:
-    return Example(make_input(task, [(n, row.text(k)) for n, k in zip(names, keys)]), label)
+    """A sentence pair whose first sentence (premise) gives way when the input is too long."""
+    parts = [(n, row.text(k)) for n, k in zip(names, keys)]
+    return Example(make_input(task, parts), label, cut=long_span(task, parts, names[0]))
 
 
 # --- WinoGrande --------------------------------------------------------------------------------------
@@ -44,7 +46,7 @@ def _winogrande_examples(task: str, rows: list[Row]) -> list[Example]:
                   ("option2", row.text("option2"))]
         # answers are the strings "1"/"2" in the jsonl and on the hub
         label = label_word(row, "answer", {"1": "option1", "2": "option2"}, task)
-        out.append(Example(make_input("winogrande", fields), label))
+        out.append(Example(make_input("winogrande", fields), label, cut=long_span("winogrande", fields, "sentence")))
     return out
 
 
@@ -73,14 +75,19 @@ def _yelp_text(text: str) -> str:
 def _yelp_local(data_dir: Path, orig: str) -> list[Example]:
     name = "train.csv" if orig == "train" else "test.csv"
     rows = readers.read_csv(data_dir / "other" / "yelp_polarity" / name, ("label", "text"))
-    return [Example(make_input("yelp", [("review", _yelp_text(row.get("text")))]),
-                    label_word(row, "label", {"1": "negative", "2": "positive"}, "yelp")) for row in rows]
+    return [_yelp_example(_yelp_text(row.get("text")), label_word(row, "label", {"1": "negative", "2": "positive"},
+                                                                  "yelp")) for row in rows]
 
 
 def _yelp_hub(orig: str) -> list[Example]:
     rows = readers.hub_rows("fancyzhx/yelp_polarity", None, "train" if orig == "train" else "test")
-    return [Example(make_input("yelp", [("review", _yelp_text(row.text("text")))]),
-                    label_word(row, "label", dict(enumerate(YELP_VERBALIZERS)), "yelp")) for row in rows]
+    return [_yelp_example(_yelp_text(row.text("text")), label_word(row, "label", dict(enumerate(YELP_VERBALIZERS)),
+                                                                   "yelp")) for row in rows]
+
+
+def _yelp_example(text: str, label: str) -> Example:
+    parts = [("review", text)]
+    return Example(make_input("yelp", parts), label, cut=long_span("yelp", parts, "review"))
 
 
 # --- SciTail -----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import BmtptError
 from ..tasks import Example, Task, register
 from . import readers
-from .readers import Row, make_input
+from .readers import Row, long_span, make_input
 from .sizes import OFFICIAL
 from .splits import make_loader
 
@@ -37,7 +37,8 @@ def _answers_example(task: str, fields: list[tuple[str, str]], answers: Iterable
     golds = tuple(dict.fromkeys(a.strip() for a in answers if isinstance(a, str) and a.strip()))
     if not golds:
         raise BmtptError(f"task {task}: {where}: the question has no gold answer")
-    return Example(make_input(task, fields), golds[0], reference=golds)
+    # the context / passage (the last field) gives way when the input is too long; the question stays whole
+    return Example(make_input(task, fields), golds[0], reference=golds, cut=long_span(task, fields, fields[-1][0]))
 
 
 # --- SQuAD v1.1 ------------------------------------------------------------------------------------

@@ -60,6 +60,18 @@ def make_input(prefix: str, fields: Sequence[tuple[str, str]]) -> str:
     return " ".join([prefix, *(f"{name}: {text}" for name, text in fields)])
 
 
+def long_span(prefix: str, fields: Sequence[tuple[str, str]], name: str) -> tuple[int, int]:
+    """(start, end) characters of field `name`'s text in `make_input(prefix, fields)`: the `Example.cut` of
+    a task whose long field (premise, passage, first sentence) gives way when the input is too long."""
+    pos = len(prefix)
+    for field_name, text in fields:
+        pos += len(f" {field_name}: ")
+        if field_name == name:
+            return pos, pos + len(text)
+        pos += len(text)
+    raise ValueError(f"no field {name!r} among {[n for n, _ in fields]}")
+
+
 class MissingDataFile(BmtptError):
     """A data file a local loader expects is not there (`bmtpt tasks --data-dir` reports it as 'missing')."""
 

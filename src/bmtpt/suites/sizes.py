@@ -7,7 +7,11 @@ Face hub release); the others are the published numbers: the GLUE and SuperGLUE 
 cards (`nyu-mll/glue`, `aps/super_glue`, `rajpurkar/squad`, `allenai/winogrande`,
 `fancyzhx/yelp_polarity`, `allenai/scitail`, `google-research-datasets/paws`), and for MRQA the
 shared task's paper (its per-subset counts add up to the hub card's totals: 516,819 train, 58,221
-validation). tests/test_tasks.py checks every count against the files wherever they are present.
+validation). The `sentences` suite's sizes were all counted on the files (SNLI's train set, which is
+not used, is the published number of pairs with a gold label, as on the hub card `stanfordnlp/snli`
+less its pairs labelled -1); for MR, CR and SUBJ, which have no official split, "validation" is
+LM-BFF's test split and "train" the other sentences of the raw files (see `sentences`).
+tests/test_tasks.py checks every count against the files wherever they are present.
 """
 
 from __future__ import annotations
@@ -61,4 +65,16 @@ OFFICIAL: dict[str, OfficialSizes] = {
     "yelp": _sizes(560_000, 38_000, note="the official test set plays the validation set"),
     "scitail": _sizes(23_596, 1_304, note="the official dev set; its test set (2,126) is unused"),
     "paws": _sizes(49_401, 8_000, note="PAWS-Wiki labeled_final dev; its test set (8,000) is unused"),
+    # sentences (counted on the files of shared/data/other; see sentences.py)
+    "snli": OfficialSizes({"train": 549_367, "validation": 9_842, "test": 9_824}, ("validation", "test"),
+                          note="pairs with a gold label; the official train set (published) is not used: "
+                               "train/dev are cut from the validation set"),
+    "sick": OfficialSizes({"train": 4_439, "validation": 495, "test": 4_906}, ("train", "validation", "test"),
+                          note="SemEval_set TRAIN / TRIAL / TEST of SICK.txt"),
+    # LM-BFF's test split plays the validation set; train = the other sentences of the raw files
+    "mr": _sizes(8_661, 2_000, _BOTH, note="10,662 sentences less the 2,001 that match LM-BFF's test split"),
+    "cr": _sizes(1_770, 1_999, _BOTH, note="3,771 non-blank sentences less the 2,001 that match LM-BFF's "
+                                           "test split, whose one blank row is dropped"),
+    "subj": _sizes(7_998, 2_000, _BOTH, note="10,000 sentences less the 2,002 that match LM-BFF's test split"),
+    "trec": _sizes(5_452, 500, _BOTH, note="the official test set (TREC_10) plays the validation set"),
 }

@@ -9,6 +9,15 @@ splits (all shuffles use the fixed seed 42, independent of the run's seed):
   examples are dev, the remaining (shuffled) ones train, and the original validation set is test;
 - MNLI: dev is validation-mismatched, test is validation-matched.
 
+Tasks whose data sets come with other splits (the `sentences` suite, see `sentences.py`) add:
+
+- official (SICK): the data set's own train/validation/test, unchanged;
+- dev-train (SNLI, of which only the validation and test files are at hand): 1,000 shuffled examples
+  of the original validation set are dev, the rest (shuffled) train, and the original test set is test;
+- lm-bff (MR, CR, SUBJ): test is LM-BFF's fixed test split, which plays the "validation" original
+  split; the task's other sentences are the "train" original split, cut as in the large-set rule
+  (1,000 shuffled ones are dev, the rest train).
+
 The permutation is `torch.randperm` with a generator seeded 42, as in ATTEMPT's code, so the splits
 are the published ones example for example. `subsample` and `few_shot` are where a run's own seed
 comes in (cap on training examples, k-shot training sets).
@@ -29,8 +38,10 @@ SPLIT_SEED = 42
 LARGE_DEV_SIZE = 1000
 
 # fetch(original split) -> examples; original splits are "train", "validation" and, for MNLI,
-# "validation_matched" / "validation_mismatched".
+# "validation_matched" / "validation_mismatched" (and "test" for the official / dev-train conventions).
 Fetch = Callable[[str], list[Example]]
+# the conventions `make_loader` cuts by (tasks.CONVENTIONS adds "generated")
+LOADER_CONVENTIONS = ("small", "large", "mnli", "official", "dev-train", "lm-bff")
 
 
 def shuffled(items: Sequence[T], seed: int = SPLIT_SEED) -> list[T]:
@@ -83,24 +94,45 @@ def mnli_split(split: str, fetch: Fetch) -> list[Example]:
     return fetch({"train": "train", "dev": "validation_mismatched", "test": "validation_matched"}[split])
 
 
+def official_split(split: str, fetch: Fetch) -> list[Example]:
+    """Official convention: the data set's own train / validation / test, unchanged."""
+    return fetch({"train": "train", "dev": "validation", "test": "test"}[split])
+
+
+def dev_train_split(split: str, fetch: Fetch, dev_size: int | None = None) -> list[Example]:
+    """Dev-train convention (a set without its training file at hand): dev = the first 1,000 shuffled
+    examples of the original validation set, train = the rest (shuffled), test = the original test set."""
+    if split == "test":
+        return fetch("test")
+    n = LARGE_DEV_SIZE if dev_size is None else dev_size
+    order = shuffled(fetch("validation"))
+    return order[:n] if split == "dev" else order[n:]
+
+
 def split_sizes(convention: str, original: Mapping[str, int]) -> dict[str, int]:
     """The train/dev/test sizes that `convention` cuts from original splits of the given sizes, exactly as
     `small_split` / `large_split` / `mnli_split` cut them.
 
-    small: dev = floor(validation / 2) (the smaller half), test = the rest; large: dev = min(1,000, train),
-    train = the rest, test = validation; mnli: dev = validation_mismatched, test = validation_matched.
-    (MultiRC halves by question, so its dev/test sizes depend on the answers per question: see
-    `OfficialSizes.cut`.)
+    small: dev = floor(validation / 2) (the smaller half), test = the rest; large and lm-bff: dev =
+    min(1,000, train), train = the rest, test = validation; mnli: dev = validation_mismatched, test =
+    validation_matched; official: train, validation, test; dev-train: dev = min(1,000, validation),
+    train = the rest of validation, test = test. (MultiRC halves by question, so its dev/test sizes
+    depend on the answers per question: see `OfficialSizes.cut`.)
     """
     if convention == "small":
         val = original["validation"]
         return {"train": original["train"], "dev": val // 2, "test": val - val // 2}
-    if convention == "large":
+    if convention in ("large", "lm-bff"):
         dev = min(LARGE_DEV_SIZE, original["train"])
         return {"train": original["train"] - dev, "dev": dev, "test": original["validation"]}
     if convention == "mnli":
         return {"train": original["train"], "dev": original["validation_mismatched"],
                 "test": original["validation_matched"]}
+    if convention == "official":
+        return {"train": original["train"], "dev": original["validation"], "test": original["test"]}
+    if convention == "dev-train":
+        dev = min(LARGE_DEV_SIZE, original["validation"])
+        return {"train": original["validation"] - dev, "dev": dev, "test": original["test"]}
     raise ValueError(f"unknown split convention {convention!r}")
 
 
@@ -108,12 +140,12 @@ def make_loader(local: Callable[[Path, str], list[Example]], hub: Fetch, convent
                 key: Callable[[Example], Hashable] | None = None
                 ) -> Callable[[str, str | None, int], list[Example]]:
     """A `Task.loader`: `local(data_dir, original split)` when a data dir is given, else
-    `hub(original split)`, cut by `convention` ('small', 'large' or 'mnli').
+    `hub(original split)`, cut by `convention` (one of `LOADER_CONVENTIONS`).
 
     The loader's `seed` is not used: the split shuffle is fixed at 42; pass the run's seed to
     `subsample` / `few_shot` on the training split instead.
     """
-    if convention not in ("small", "large", "mnli"):
+    if convention not in LOADER_CONVENTIONS:
         raise ValueError(f"unknown split convention {convention!r}")
 
     def loader(split: str, data_dir: str | None, seed: int = 0) -> list[Example]:
@@ -122,8 +154,12 @@ def make_loader(local: Callable[[Path, str], list[Example]], hub: Fetch, convent
 
         if convention == "small":
             return small_split(split, fetch, key)
-        if convention == "large":
+        if convention in ("large", "lm-bff"):  # lm-bff: the local/hub fetch makes the test split
             return large_split(split, fetch)
+        if convention == "official":
+            return official_split(split, fetch)
+        if convention == "dev-train":
+            return dev_train_split(split, fetch)
         return mnli_split(split, fetch)
 
     loader.convention = convention  # type: ignore[attr-defined]  # read by Task (the table of `bmtpt tasks`)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..tasks import Example, Task, register
 from . import readers
-from .readers import Row, label_word, make_input
+from .readers import Row, label_word, long_span, make_input
 from .sizes import OFFICIAL
 from .splits import make_loader
 
@@ -47,20 +47,23 @@ def _labels(row: Row, source: str, task: str, verbalizers: tuple[str, ...], loca
     return label_word(row, "label", mapping, task)
 
 
-def _classifier(name: str, fields: tuple[str, ...], verbalizers: tuple[str, ...], local_map: dict
+def _classifier(name: str, fields: tuple[str, ...], verbalizers: tuple[str, ...], local_map: dict, long: str
                 ) -> ToExample:
-    """Rows whose named text fields go into the input verbatim and whose 'label' is a class."""
+    """Rows whose named text fields go into the input verbatim and whose 'label' is a class; `long` is the
+    field that gives way when the input is too long."""
 
     def to_examples(row: Row, source: str) -> list[Example]:
-        text = make_input(name, [(f, row.text(f)) for f in fields])
-        return [Example(text, _labels(row, source, name, verbalizers, local_map))]
+        parts = [(f, row.text(f)) for f in fields]
+        return [Example(make_input(name, parts), _labels(row, source, name, verbalizers, local_map),
+                        cut=long_span(name, parts, long))]
 
     return to_examples
 
 
 def _copa(row: Row, source: str) -> list[Example]:
-    text = make_input("copa", [(f, row.text(f)) for f in ("premise", "question", "choice1", "choice2")])
-    return [Example(text, _labels(row, source, "copa", ("choice1", "choice2"), {0: "choice1", 1: "choice2"}))]
+    parts = [(f, row.text(f)) for f in ("premise", "question", "choice1", "choice2")]
+    label = _labels(row, source, "copa", ("choice1", "choice2"), {0: "choice1", 1: "choice2"})
+    return [Example(make_input("copa", parts), label, cut=long_span("copa", parts, "premise"))]
 
 
 def mark_span(text: str, index: int, span: str, mark: str = "*") -> str:
@@ -80,8 +83,9 @@ def _wsc(row: Row, source: str) -> list[Example]:
     span1, span2 = spans.text("span1_text"), spans.text("span2_text")
     index = spans.get("span2_index")
     text = mark_span(row.text("text"), index if isinstance(index, int) else -1, span2)
-    inp = make_input("wsc", [("text", text), ("span1", span1), ("span2", span2)])
-    return [Example(inp, _labels(row, source, "wsc", BOOL, _BOOL_LOCAL))]
+    parts = [("text", text), ("span1", span1), ("span2", span2)]
+    return [Example(make_input("wsc", parts), _labels(row, source, "wsc", BOOL, _BOOL_LOCAL),
+                    cut=long_span("wsc", parts, "text"))]
 
 
 _TAGS = re.compile(r"<[^>]+>")  # some MultiRC copies carry <b>Sent 1: </b> ... <br> markup
@@ -90,8 +94,9 @@ _TAGS = re.compile(r"<[^>]+>")  # some MultiRC copies carry <b>Sent 1: </b> ... 
 def _multirc_example(paragraph: str, question: str, answer: str, label: str, qid: str) -> Example:
     from ..metrics import QuestionLabel  # lazy: listing tasks should not import numpy/scipy/sklearn
 
-    text = make_input("multirc", [("question", question), ("answer", answer), ("paragraph", paragraph)])
-    return Example(text, label, reference=QuestionLabel(label, qid), meta={"question_id": qid})
+    parts = [("question", question), ("answer", answer), ("paragraph", paragraph)]
+    return Example(make_input("multirc", parts), label, reference=QuestionLabel(label, qid), meta={"question_id": qid},
+                   cut=long_span("multirc", parts, "paragraph"))
 
 
 def _multirc(row: Row, source: str) -> list[Example]:
@@ -128,10 +133,10 @@ def _task(name: str, loader, verbalizers: tuple[str, ...], description: str,
 _NLI3 = ("entailment", "contradiction", "neutral")  # CB's hub index order
 _NLI2 = ("entailment", "not_entailment")
 
-_BOOLQ = _classifier("boolq", ("question", "passage"), BOOL, _BOOL_LOCAL)
-_CB = _classifier("cb", ("premise", "hypothesis"), _NLI3, {w: w for w in _NLI3})
-_WIC = _classifier("wic", ("word", "sentence1", "sentence2"), BOOL, _BOOL_LOCAL)
-_RTE = _classifier("superglue-rte", ("premise", "hypothesis"), _NLI2, {w: w for w in _NLI2})
+_BOOLQ = _classifier("boolq", ("question", "passage"), BOOL, _BOOL_LOCAL, "passage")
+_CB = _classifier("cb", ("premise", "hypothesis"), _NLI3, {w: w for w in _NLI3}, "premise")
+_WIC = _classifier("wic", ("word", "sentence1", "sentence2"), BOOL, _BOOL_LOCAL, "sentence1")
+_RTE = _classifier("superglue-rte", ("premise", "hypothesis"), _NLI2, {w: w for w in _NLI2}, "premise")
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     _task("boolq", _loader("BoolQ", "boolq", _BOOLQ), BOOL, "BoolQ: yes/no questions about a passage"),
