@@ -62,6 +62,11 @@ def test_grid_runs_every_cell_and_renders(grid):
     assert {r["source_passes"] for r in bm} == {2 * 4 * 2} and bm[0]["trainable_parameters"] == 4 * 32
     md = (out / "results.md").read_text()
     assert "| pt |" in md and "| bmtpt |" in md and "synth-product" in md and "Params/task" in md
+    for r in res.records:  # per-example test results: their mean is the cell's test accuracy
+        assert len(r["test_correct"]) == r["test_examples"]
+        assert 100 * r["test_correct"].count("1") / r["test_examples"] == pytest.approx(r["test_score"])
+    assert "### Confidence intervals" in md and "| bmtpt − pt |" in md and "dev-selected step 0" in md
+    assert "## Source stages: dev scores of the final prompts" in md
     for name in ("curves-full.png", "prompts-pca.png", "source-losses.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in md
@@ -225,3 +230,22 @@ def test_a_cell_killed_mid_run_resumes_from_its_checkpoint(tmp_path, tiny_llama,
     fresh = run_experiment(_config(tmp_path / "fresh", seeds=[0], methods=["bmtpt"], log_every=1, target=cfg["target"]),
                            *tiny_llama, plots=False, echo=None)
     assert res.records[0]["test"] == fresh.records[0]["test"] and res.records[0]["dev"] == fresh.records[0]["dev"]
+
+
+def test_an_m1_ablation_borrows_the_m_particle_stages_bandwidth(tmp_path, tiny_llama):
+    """prior_bandwidth_from names a grid method: the M = 1 cell's prior uses that method's stage's bandwidth,
+    so the ablation changes only M (the stage is trained first even when the M = 1 method comes first)."""
+    cfg = _config(tmp_path / "exp", seeds=[0], methods=[
+        {"name": "bmtpt-m1", "base": "bmtpt",
+         "overrides": {"source": {"particles": 1}, "target": {"prior_bandwidth_from": "bmtpt"}}}, "bmtpt"])
+    res = run_experiment(cfg, *tiny_llama, plots=False, echo=None)
+    by = {r["method"]: r for r in res.records}
+    h = json.loads((tmp_path / "exp" / by["bmtpt"]["source_stage"] / "posterior.json").read_text())["bandwidth"]
+    m1 = json.loads((tmp_path / "exp" / by["bmtpt-m1"]["run_dir"] / "target.json").read_text())
+    assert m1["prior_bandwidth"] == pytest.approx(h)
+    assert json.loads((tmp_path / "exp" / by["bmtpt-m1"]["source_stage"] / "posterior.json").read_text())[
+        "bandwidth"] is None
+    bad = _config(tmp_path / "bad", methods=[{"name": "x", "base": "bmtpt",
+                                              "overrides": {"target": {"prior_bandwidth_from": "pt"}}}, "pt"])
+    with pytest.raises(BmtptError, match="has no source stage"):
+        run_experiment(bad, *tiny_llama, plots=False, echo=None)

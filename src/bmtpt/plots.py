@@ -17,6 +17,7 @@ import torch
 
 from .expconfig import Plan
 from .prompts import load_tensors
+from .stats import comparison_lines, selection_lines
 
 SUITE_TITLES = {"glue": "GLUE", "superglue": "SuperGLUE", "qa": "QA", "mrqa": "MRQA", "other": "Other",
                 "synth": "Synth"}
@@ -215,6 +216,26 @@ def source_losses(out: Path, plan: Plan) -> Path | None:
     return path
 
 
+def source_dev_lines(plan: Plan) -> list[str]:
+    """Markdown: each finished source stage's dev score per source task, under the particles' mean and the
+    best / worst particle (is every source learnt above chance, and do the particles differ?)."""
+    rows = []
+    for stage in plan.stages.values():
+        try:
+            final = json.loads((Path(stage.cfg.out) / "posterior.json").read_text()).get("final_dev") or {}
+        except (OSError, ValueError):
+            continue
+        for task, d in final.items():
+            parts = d.get("particles") or []
+            rows.append(f"| {stage.key} | {task} | {d['mean']:.1f} | "
+                        f"{min(parts):.1f} – {max(parts):.1f} | {d.get('examples', '?')} |" if parts else "")
+    if not rows:
+        return []
+    return ["## Source stages: dev scores of the final prompts", "",
+            "| stage | source task | particles' mean | particles (min – max) | dev examples |", "|---|---|---|---|---|",
+            *filter(None, rows), ""]
+
+
 def _machine(out: Path) -> str:
     """The machine line from experiment.json (written when the grid ran), or ''."""
     try:
@@ -233,6 +254,7 @@ def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True
              f"{len(records)} of {len(plan.cells)} cells finished.", "",
              "Scores: the test split's score of the best-dev prompt (the mean of the task's metrics, 0-100), "
              "mean ± sample std over seeds; an average counts a seed only when all its tasks finished. "
+             "The confidence intervals below are 95 % bootstrap intervals over seeds and test examples. "
              "Params/task: trainable parameters of each target run. Source passes: forward/backward example "
              "passes of the source stage the method used (shared by all its target runs); SPoT's probe passes "
              "are per target run.", ""]
@@ -250,8 +272,15 @@ def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True
         cap = exp.target.get("max_train_examples", exp.common.get("max_train_examples"))
         title = f"{shots}-shot" if shots else "Full training sets" + (f" (at most {cap} examples)" if cap else "")
         lines += [f"## {title}", "", *score_table(plan, records, shots), ""]
+        names = [m.name for m in exp.methods]
+        ablations = [m.name for m in exp.methods if m.base == "bmtpt" and m.name != "bmtpt"]
+        ci = comparison_lines(records, names, list(exp.targets), shots, ablations=ablations)
+        if ci:
+            lines += ["### Confidence intervals", "", *ci, ""]
+        lines += ["### Model selection", "", *selection_lines(records, names, shots), ""]
         if have_mpl:
             pngs.append(learning_curves(out, plan, records, shots))
+    lines += source_dev_lines(plan)
     spot = [r for r in records if "spot" in r]
     if spot:
         lines += ["## SPoT: chosen source prompt", "", "| method | target | shots | seed | chosen | cosine |",

@@ -236,15 +236,21 @@ class PromptedModel:
         """Pick, for each example, the verbalizer with the highest summed log-likelihood.
 
         The candidates are scored on their own tokens (no end-of-text token), as training sees them.
-        Returns the predicted verbalizers and the (N, C) log-likelihood matrix.
+        Examples are batched in order of length, so a batch pads little (in a random order the padding
+        doubled the work on short-text sets). Returns the predicted verbalizers and the (N, C)
+        log-likelihood matrix, in the examples' order.
         """
         enc = encode_examples(self.tokenizer, examples, self.is_seq2seq, self.max_input_tokens)
         cands = [encode_target(self.tokenizer, v, self.is_seq2seq, eos=False) for v in verbalizers]
         c = len(cands)
         scores = []
-        per = max(1, batch_size // c)
-        for idx in self._bar(chunks(range(len(examples)), per), -(-len(examples) // per), "rank"):
-            if self.is_seq2seq and hasattr(self.model, "get_encoder"):
+        single = not self.is_seq2seq and all(len(t) == 1 for t in cands)
+        per = batch_size if single else max(1, batch_size // c)  # a row per example, not per candidate
+        order = sorted(range(len(examples)), key=lambda i: len(enc.inputs[i]))
+        for idx in self._bar(chunks(order, per), -(-len(examples) // per), "rank"):
+            if single:
+                nll = self._causal_single_token_nll(prompt, [enc.inputs[i] for i in idx], [t[0] for t in cands])
+            elif self.is_seq2seq and hasattr(self.model, "get_encoder"):
                 nll = self._candidates_nll(prompt, [enc.inputs[i] for i in idx], cands)
             elif not self.is_seq2seq and c > 1 and self._cache_arg:
                 nll = self._causal_candidates_nll(prompt, [enc.inputs[i] for i in idx], cands)
@@ -254,7 +260,8 @@ class PromptedModel:
                 batch = collate(inputs, targets, self.pad_id, self.is_seq2seq)
                 nll, _ = self.example_nll(prompt[None], batch)
             scores.append((-nll).view(len(idx), c).float().cpu())
-        ll = torch.cat(scores)
+        ll = torch.empty(len(examples), c)
+        ll[torch.tensor(order, dtype=torch.long)] = torch.cat(scores)
         return [verbalizers[j] for j in ll.argmax(-1).tolist()], ll
 
     def _candidates_nll(self, prompt: Tensor, inputs: list[list[int]], cands: list[list[int]]) -> Tensor:
@@ -277,6 +284,21 @@ class PromptedModel:
                                 use_cache=False).logits
         nll, _ = self._nll(logits, tgt, tmask)
         return nll.sum(-1)
+
+    def _causal_single_token_nll(self, prompt: Tensor, inputs: list[list[int]], cand_ids: list[int]) -> Tensor:
+        """Causal LMs, one-token candidates: one pass per example, the LM head at its last position only; the
+        NLL of each candidate token, example-major, (E * C,). (Label words are one token wherever the
+        tokenizer allows, so this is the usual case: C candidates cost one forward pass, not C.)"""
+        e, dev = len(inputs), self.device
+        batch = collate(inputs, [[self.pad_id]] * e, self.pad_id, False)  # dummy target: cut off below
+        batch.input_ids, batch.attention_mask = batch.input_ids[:, :-1], batch.attention_mask[:, :-1]
+        x, mask, _, _ = self._rows(prompt[None], batch, None)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        with autocast(dev.type, self.precision):
+            logits = self.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False,
+                                **({"logits_to_keep": 1} if self._keep_logits else {})).logits[:, -1]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return -logp[:, torch.tensor(cand_ids, device=dev)].reshape(-1)
 
     def _causal_candidates_nll(self, prompt: Tensor, inputs: list[list[int]], cands: list[list[int]]) -> Tensor:
         """Causal LMs: summed NLL of every (input, candidate) pair, example-major, (E * C,).

@@ -1,0 +1,172 @@
+"""Confidence intervals for a benchmark grid: a two-level bootstrap over seeds and test examples.
+
+A cell's test score is the mean of per-example results (1 = correct, as kept in `test_correct`), and
+every method and seed of a task is scored on the same test examples (the sample does not depend on the
+seed). One bootstrap replicate redraws, for each task, the seeds (with replacement) and the test
+examples (with replacement, the *same* draw for every method and seed), then recomputes each method's
+mean over the drawn seeds and examples, their average over tasks, and the differences between methods.
+Because both methods see the same drawn examples, a paired difference keeps the pairing: its interval
+is much narrower than the two methods' own intervals suggest. Percentile intervals, 95 % by default.
+
+Cells without per-example results (tasks scored by F1, correlation...) fall back to a seeds-only
+bootstrap of their test scores. Written with numpy rather than scipy.stats.bootstrap because the two
+levels (seeds, examples shared across methods) are not a scipy resampling scheme.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Cells = Mapping[str, Mapping[int, np.ndarray]]  # task -> seed -> per-example results (0/1) or a 1-element score
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate (the plain mean over seeds and examples) and its bootstrap interval."""
+
+    mean: float
+    lo: float
+    hi: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:.1f} [{self.lo:.1f}, {self.hi:.1f}]"
+
+    def signed(self) -> str:
+        """'+1.2 [+0.3, +2.1]': a difference, with signs."""
+        return f"{self.mean:+.1f} [{self.lo:+.1f}, {self.hi:+.1f}]"
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when the whole interval lies on one side of zero."""
+        return self.lo > 0 or self.hi < 0
+
+
+def cells_of(records: Sequence[dict], method: str, shots: int | None) -> dict[str, dict[int, np.ndarray]]:
+    """task -> seed -> per-example test results (x100, so means are percentages) of one method and setting;
+    a record without `test_correct` contributes its test score as a single value."""
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for r in records:
+        if r["method"] != method or r["shots"] != shots:
+            continue
+        if r.get("test_correct"):
+            x = np.frombuffer(r["test_correct"].encode(), dtype=np.uint8).astype(np.float64) - ord("0")
+            out.setdefault(r["task"], {})[r["seed"]] = 100.0 * x
+        else:
+            out.setdefault(r["task"], {})[r["seed"]] = np.array([float(r["test_score"])])
+    return out
+
+
+def bootstrap(methods: Mapping[str, Cells], tasks: Sequence[str], n_boot: int = 2000, seed: int = 0
+              ) -> dict[str, np.ndarray]:
+    """Bootstrap replicates, shape (n_boot, len(tasks) + 1): each method's score per task and their average.
+
+    Every method must have the same seeds and example counts on a task (as a finished grid has); the
+    seeds and examples drawn for a task are shared by all methods, so differences of the returned arrays
+    are paired differences.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(methods)
+    reps = {m: np.empty((n_boot, len(tasks) + 1)) for m in names}
+    for j, task in enumerate(tasks):
+        seeds = sorted(methods[names[0]].get(task, {}))
+        if not seeds:
+            raise ValueError(f"no results for task {task}")
+        arrays = {}
+        for m in names:
+            got = methods[m].get(task, {})
+            if sorted(got) != seeds:
+                raise ValueError(f"method {m} has seeds {sorted(got)} on {task}, {names[0]} has {seeds}")
+            arrays[m] = np.stack([got[s] for s in seeds])  # (S, n)
+        n = {a.shape[1] for a in arrays.values()}
+        if len(n) != 1:
+            raise ValueError(f"methods were scored on different numbers of {task} test examples: {sorted(n)}")
+        n_ex, n_seeds = n.pop(), len(seeds)
+        # example weights: multinomial counts are a resample with replacement (n_ex == 1: no resampling)
+        w = rng.multinomial(n_ex, np.full(n_ex, 1.0 / n_ex), size=n_boot) / n_ex if n_ex > 1 else np.ones((n_boot, 1))
+        pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))  # seeds drawn with replacement
+        for m in names:
+            per_seed = arrays[m] @ w.T  # (S, n_boot): each seed's mean over the drawn examples
+            reps[m][:, j] = per_seed[pick, np.arange(n_boot)[:, None]].mean(1)
+    for m in names:
+        reps[m][:, -1] = reps[m][:, :-1].mean(1)
+    return reps
+
+
+def point(cells: Cells, tasks: Sequence[str]) -> np.ndarray:
+    """The plain estimates matching `bootstrap`'s columns: per-task mean over seeds, then their average."""
+    per = np.array([np.mean([c.mean() for c in cells[t].values()]) for t in tasks])
+    return np.append(per, per.mean())
+
+
+def intervals(est: np.ndarray, reps: np.ndarray, level: float = 0.95) -> list[Interval]:
+    """One Interval per column: the estimate and the replicates' percentile interval."""
+    a = (1 - level) / 2 * 100
+    lo, hi = np.percentile(reps, [a, 100 - a], axis=0)
+    return [Interval(float(e), float(x), float(y)) for e, x, y in zip(est, lo, hi)]
+
+
+def complete_tasks(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None
+                   ) -> tuple[list[str], list[int]]:
+    """The tasks and seeds on which every method of `methods` finished (what a fair comparison may use)."""
+    done = {(r["method"], r["task"], r["seed"]) for r in records if r["shots"] == shots}
+    seeds = sorted({r["seed"] for r in records if r["shots"] == shots})
+    seeds = [s for s in seeds if all((m, t, s) in done for m in methods for t in tasks)]
+    keep = [t for t in tasks if seeds]
+    return keep, seeds
+
+
+def comparison_lines(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None,
+                     reference: str = "bmtpt", baselines: Sequence[str] = ("pt", "avg", "spot", "mpt"),
+                     ablations: Sequence[str] = (), n_boot: int = 2000) -> list[str]:
+    """Markdown: each method's mean [95 % interval] per task and on the average; then paired differences:
+    `reference` - pt, - avg and - the best baseline (the baseline with the highest average), and each of
+    `ablations` - `reference`, per task and on the average. Only seeds on which every method finished are
+    used; [] when there are none."""
+    tasks, seeds = complete_tasks(records, methods, tasks, shots)
+    if not seeds or not tasks:
+        return []
+    kept = [r for r in records if r["seed"] in seeds]
+    cells = {m: cells_of(kept, m, shots) for m in methods}
+    reps = bootstrap(cells, tasks, n_boot)
+    est = {m: point(cells[m], tasks) for m in methods}
+    head = ["method", *tasks, "average"]
+    lines = [f"Mean test score [95 % interval] over seeds {', '.join(map(str, seeds))} ({n_boot} bootstrap "
+             "replicates over seeds and test examples):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        lines.append("| " + " | ".join([m, *(str(i) for i in intervals(est[m], reps[m]))]) + " |")
+    if reference not in methods:
+        return lines
+    present = [b for b in baselines if b in methods]
+    pairs = [(f"{reference} − {b}", reference, b) for b in ("pt", "avg") if b in present]
+    if present:
+        best = max(present, key=lambda b: est[b][-1])
+        pairs.append((f"{reference} − best baseline ({best})", reference, best))
+    pairs += [(f"{a} − {reference}", a, reference) for a in ablations if a in methods]
+    if not pairs:
+        return lines
+    lines += ["", "Paired differences [95 % interval]; **bold**: the interval excludes 0:", "",
+              "| difference | " + " | ".join([*tasks, "average"]) + " |", "|" + "---|" * (len(tasks) + 2)]
+    for label, a, b in pairs:
+        ivs = intervals(est[a] - est[b], reps[a] - reps[b])
+        lines.append(f"| {label} | " + " | ".join(f"**{i.signed()}**" if i.excludes_zero else i.signed()
+                                                  for i in ivs) + " |")
+    return lines
+
+
+def selection_lines(records: Sequence[dict], methods: Sequence[str], shots: int | None) -> list[str]:
+    """Markdown: per method, how many cells picked the initial prompt on dev (training never beat it: the
+    comparison then measures initialisations), and the dev / test example counts the cells were scored on."""
+    lines = ["| method | cells | dev-selected step 0 | dev examples | test examples |", "|---|---|---|---|---|"]
+    for m in methods:
+        rs = [r for r in records if r["method"] == m and r["shots"] == shots]
+        if not rs:
+            continue
+        zero = sum(r["best_step"] == 0 for r in rs)
+        dev, test = ("–".join(sorted({f"{r[k]:,}" for r in rs if k in r})) or "?" for k in ("dev_examples",
+                                                                                        "test_examples"))
+        lines.append(f"| {m} | {len(rs)} | {zero} ({100 * zero / len(rs):.0f} %) | {dev} | {test} |")
+    return lines

@@ -1,0 +1,75 @@
+"""The benchmark's bootstrap against a plain loop and the normal approximation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bmtpt.stats import Interval, bootstrap, cells_of, comparison_lines, intervals, point
+
+
+def _cells(rng, p, seeds=(0, 1, 2), n=400):
+    return {s: 100.0 * (rng.random(n) < p) for s in seeds}
+
+
+def test_one_seed_paired_difference_matches_the_normal_approximation():
+    """One task, one seed: the paired bootstrap interval of a difference of accuracies is mean(d) +- 1.96
+    std(d)/sqrt(n) to within a few percent (n = 2,000 examples)."""
+    rng = np.random.default_rng(1)
+    n = 2000
+    a = 100.0 * (rng.random(n) < 0.8)
+    flip = rng.random(n) < 0.1  # b disagrees with a on ~10 % of the examples
+    b = np.where(flip, 100.0 - a, a)
+    reps = bootstrap({"a": {"t": {0: a}}, "b": {"t": {0: b}}}, ["t"], n_boot=4000)
+    iv = intervals(point({"t": {0: a}}, ["t"]) - point({"t": {0: b}}, ["t"]), reps["a"] - reps["b"])[0]
+    d = a - b
+    half = 1.96 * d.std(ddof=1) / np.sqrt(n)
+    assert iv.mean == pytest.approx(d.mean())
+    assert (iv.hi - iv.lo) / 2 == pytest.approx(half, rel=0.08)
+
+
+def test_two_level_bootstrap_matches_an_explicit_loop():
+    """Seeds and examples redrawn per replicate: percentiles agree with a slow loop written out plainly."""
+    rng = np.random.default_rng(2)
+    cells = {"m": {"t1": _cells(rng, 0.7), "t2": _cells(rng, 0.5, n=300)}}
+    reps = bootstrap(cells, ["t1", "t2"], n_boot=4000, seed=3)["m"]
+    loop = np.empty((4000, 3))
+    r2 = np.random.default_rng(4)
+    for b in range(4000):
+        for j, t in enumerate(("t1", "t2")):
+            x = np.stack([cells["m"][t][s] for s in (0, 1, 2)])
+            idx = r2.integers(0, x.shape[1], x.shape[1])
+            seeds = r2.integers(0, 3, 3)
+            loop[b, j] = np.mean([x[s, idx].mean() for s in seeds])
+        loop[b, 2] = loop[b, :2].mean()
+    for j in range(3):
+        assert np.percentile(reps[:, j], [2.5, 97.5]) == pytest.approx(np.percentile(loop[:, j], [2.5, 97.5]), abs=0.5)
+
+
+def test_records_to_cells_and_the_markdown_tables():
+    rng = np.random.default_rng(5)
+    records = []
+    for method, p in (("pt", 0.6), ("avg", 0.62), ("bmtpt", 0.7), ("bmtpt-noprior", 0.7)):
+        for task in ("mr", "sick"):
+            for seed in (0, 1, 2):
+                x = (rng.random(500) < p).astype(int)
+                records.append({"method": method, "task": task, "seed": seed, "shots": 16,
+                                "test_score": 100 * x.mean(), "test_correct": "".join(map(str, x))})
+    cells = cells_of(records, "bmtpt", 16)
+    assert cells["mr"][1].mean() == pytest.approx(records[[r["method"] for r in records].index("bmtpt") + 1]
+                                                  ["test_score"])
+    lines = comparison_lines(records, ["pt", "avg", "bmtpt", "bmtpt-noprior"], ["mr", "sick"], 16,
+                             ablations=["bmtpt-noprior"], n_boot=500)
+    text = "\n".join(lines)
+    assert "| bmtpt − pt | **+" in text and "best baseline (avg)" in text and "| bmtpt-noprior − bmtpt |" in text
+    assert comparison_lines(records, ["pt"], ["mr"], None) == []  # no cells in that setting
+
+
+def test_unequal_example_counts_are_refused():
+    with pytest.raises(ValueError, match="different numbers"):
+        bootstrap({"a": {"t": {0: np.ones(5)}}, "b": {"t": {0: np.ones(6)}}}, ["t"], n_boot=10)
+
+
+def test_interval_formatting():
+    iv = Interval(1.234, -0.5, 2.0)
+    assert str(iv) == "1.2 [-0.5, 2.0]" and iv.signed() == "+1.2 [-0.5, +2.0]" and not iv.excludes_zero
