@@ -249,3 +249,13 @@ def test_an_m1_ablation_borrows_the_m_particle_stages_bandwidth(tmp_path, tiny_l
                                               "overrides": {"target": {"prior_bandwidth_from": "pt"}}}, "pt"])
     with pytest.raises(BmtptError, match="has no source stage"):
         run_experiment(bad, *tiny_llama, plots=False, echo=None)
+
+
+def test_a_method_can_be_limited_to_some_few_shot_settings(tmp_path):
+    cfg = _config(tmp_path / "exp", shots=[4, None],
+                  methods=["pt", {"name": "bmtpt", "shots": [4]}, {"name": "avg", "shots": [None]}])
+    plan = plan_experiment(load_experiment(cfg))
+    assert sorted((c.method, c.shots or 0) for c in plan.cells if c.seed == 0) == [
+        ("avg", 0), ("bmtpt", 4), ("pt", 0), ("pt", 4)]
+    with pytest.raises(BmtptError, match="outside the grid"):
+        load_experiment(_config(tmp_path / "bad", shots=[4], methods=[{"name": "pt", "shots": [8]}]))

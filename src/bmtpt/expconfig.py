@@ -47,11 +47,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 @dataclass
 class MethodSpec:
-    """One grid method: a name, the built-in base it runs, and its overrides {source, target, spot, mpt}."""
+    """One grid method: a name, the built-in base it runs, its overrides {source, target, spot, mpt} and the
+    few-shot settings it runs in (None: all of the grid's `shots`)."""
 
     name: str
     base: str
     overrides: dict = field(default_factory=dict)
+    shots: list | None = None
 
 
 @dataclass
@@ -232,9 +234,9 @@ def _methods(where: str, raw) -> list[MethodSpec]:
             item = {"name": item}
         if not isinstance(item, dict):
             _fail(at, "must be a method name or a mapping {name, base, overrides}")
-        extra = set(item) - {"name", "base", "overrides"}
+        extra = set(item) - {"name", "base", "overrides", "shots"}
         if extra:
-            _fail(at, f"unknown key(s) {', '.join(sorted(map(str, extra)))} (expected name, base, overrides)")
+            _fail(at, f"unknown key(s) {', '.join(sorted(map(str, extra)))} (expected name, base, overrides, shots)")
         name = item.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             _fail(at, f"name must be a folder-safe string (letters, digits, _ . + -), got {name!r}")
@@ -257,7 +259,8 @@ def _methods(where: str, raw) -> list[MethodSpec]:
             _fail(at, f"method {name!r} (base {base}) fixes the number of source prompts")
         if (parsed["spot"] and base != "spot") or (parsed["mpt"] and base != "mpt"):
             _fail(at, f"method {name!r} (base {base}): spot/mpt overrides apply only to those bases")
-        specs.append(MethodSpec(name, base, parsed))
+        only = _int_list(f"{at}.shots", item["shots"], True) if "shots" in item else None
+        specs.append(MethodSpec(name, base, parsed, only))
     names = [s.name for s in specs]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
@@ -322,7 +325,7 @@ def load_experiment(config: str | Path | dict) -> ExperimentConfig:
     for key, value in (("out", out), ("sources_dir", sources_dir or "x")):
         if not isinstance(value, str) or not value:
             _fail(where, f"{key} must be a folder path, got {value!r}")
-    return ExperimentConfig(
+    exp = ExperimentConfig(
         name=name, out=out, model=model, progress=progress, sources_dir=sources_dir, **top,
         sources=_task_list(f"{where}: sources", raw["sources"], True),
         targets=_task_list(f"{where}: targets", raw["targets"]),
@@ -334,6 +337,10 @@ def load_experiment(config: str | Path | dict) -> ExperimentConfig:
         shots=_int_list(f"{where}: shots", raw.get("shots", [None]), True),
         spot=_spot(f"{where}: spot", raw.get("spot"), SPOT_DEFAULTS),
         mpt=_section(f"{where}: mpt", raw.get("mpt"), MPT_KEYS))
+    for spec in exp.methods:
+        if spec.shots is not None and set(spec.shots) - set(exp.shots):
+            _fail(f"{where}: methods", f"method {spec.name!r} lists shots {spec.shots} outside the grid's {exp.shots}")
+    return exp
 
 
 def config_hash(values: dict, **extra) -> str:
@@ -390,6 +397,8 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
         stage_of = {spec.name: _stage(exp, spec, seed, run, source_root, stages) for spec in exp.methods}
         for shots in exp.shots:
             for spec in exp.methods:
+                if spec.shots is not None and shots not in spec.shots:
+                    continue  # the method runs in other few-shot settings only
                 stage = stage_of[spec.name]
                 for task in exp.targets:
                     values = {**run, **exp.common, **exp.target, **spec.overrides["target"],
