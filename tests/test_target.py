@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,3 +291,24 @@ def test_source_stage_scores_its_particles_on_each_source_dev_set(tmp_path, tiny
         assert got["examples"] == 6
         assert got["mean"] == pytest.approx(score_of(pm.evaluate(parts.mean(0), get_task(name), dev)), abs=1e-5)
         assert got["particles"][1] == pytest.approx(score_of(pm.evaluate(parts[1], get_task(name), dev)), abs=1e-5)
+
+
+def test_repeated_evaluations_of_one_prompt_are_looked_up(tiny_llama, monkeypatch):
+    """A grid scores the same start prompt on the same dev set in many cells: the second time is a lookup,
+    a changed prompt or example list is evaluated again, and the metrics are the same either way."""
+    from bmtpt.target import predict_and_score
+
+    model, tok = tiny_llama
+    pm = PromptedModel(model, tok)
+    calls = []
+    real = pm.predict
+    monkeypatch.setattr(pm, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = _cfg(Path("/unused"), "x", None, method="pt")
+    task = get_task("synth-product")
+    dev = load_split(task, "dev", cfg, 6)
+    prompt = torch.randn(4, 32, generator=torch.Generator().manual_seed(11))
+    first = predict_and_score(pm, prompt, task, dev, cfg)
+    assert predict_and_score(pm, prompt.clone(), task, dev, cfg) == first and len(calls) == 1
+    predict_and_score(pm, prompt + 1e-3, task, dev, cfg)
+    predict_and_score(pm, prompt, task, dev[:5], cfg)
+    assert len(calls) == 3

@@ -12,6 +12,7 @@ to checkpoint.safetensors (`bmtpt.checkpoint`); --resume continues from it as if
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,12 +106,27 @@ def evaluate_prompt(pm: PromptedModel, prompt: Tensor, task: Task, examples, cfg
     return predict_and_score(pm, prompt, task, examples, cfg)[0]
 
 
+# In-process memo of evaluations: a grid scores the same starting prompt (the particles' mean, a seed's vocab
+# draw) on the same dev set in many cells; evaluation is deterministic, so the second time is a lookup.
+_EVALUATED: dict[tuple, tuple[dict, list]] = {}
+_EVALUATED_MAX = 512
+
+
 def predict_and_score(pm: PromptedModel, prompt: Tensor, task: Task, examples, cfg: TargetConfig
                       ) -> tuple[dict, list]:
     """(the task's metrics plus their mean under 'score', the predictions example by example)."""
-    preds = pm.predict(prompt.detach(), task, examples, cfg.eval_mode, cfg.eval_batch_size)
-    m = task.score(preds, examples)
-    return {**m, "score": score_of(m)}, preds
+    digest = hashlib.sha1(prompt.detach().float().cpu().numpy().tobytes()).hexdigest()
+    key = (id(pm.model), getattr(pm.model.config, "_name_or_path", ""), digest, tuple(prompt.shape), task.name,
+           hash(tuple((e.input, e.target) for e in examples)), cfg.eval_mode, cfg.eval_batch_size, pm.verbalizers,
+           pm.max_input_tokens, pm.precision)
+    if key not in _EVALUATED:
+        preds = pm.predict(prompt.detach(), task, examples, cfg.eval_mode, cfg.eval_batch_size)
+        m = task.score(preds, examples)
+        if len(_EVALUATED) >= _EVALUATED_MAX:
+            _EVALUATED.pop(next(iter(_EVALUATED)))
+        _EVALUATED[key] = ({**m, "score": score_of(m)}, preds)
+    metrics, preds = _EVALUATED[key]
+    return dict(metrics), list(preds)
 
 
 def prior_bandwidth(cfg: TargetConfig, meta: dict) -> float:
