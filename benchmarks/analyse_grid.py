@@ -4,7 +4,9 @@
     python benchmarks/analyse_grid.py runs/cpu-smollm2 > benchmarks/results/cpu-smollm2/analysis.md
 
 1. Paired differences: each method against `pt` (and `bmtpt` against `avg`) on the same (task, seed,
-   shots) cells: mean difference, its standard error and a sign test (scipy's exact binomial test).
+   shots) cells: mean difference, its standard error and a sign test (scipy's exact binomial test); and,
+   where the cells kept their per-example test results, the 95 % bootstrap intervals over seeds and test
+   examples of `bmtpt.stats` (the same tables as results.md).
 2. How often the dev-selected prompt is the step-0 one (target training never beat its initialisation on
    the dev set): when that is the common case, the table compares initialisations, not training.
 3. Each source stage's task losses at its first and last logged step, and for SVGD the kernel width,
@@ -22,6 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from scipy.stats import binomtest
+
+from bmtpt.stats import comparison_lines
 
 
 def _rows(out: Path) -> list[dict]:
@@ -63,6 +67,14 @@ def main(argv: list[str]) -> int:
     for m, b in pairs:
         if m in methods and b in methods and (line := paired(rows, m, b)):
             print(line)
+    targets = list(dict.fromkeys(r["task"] for r in rows))
+    ablations = [m for m in methods if m.startswith("bmtpt") and m != "bmtpt"]
+    for shots in sorted({r["shots"] for r in rows if r.get("test_correct")}, key=lambda s: s or 0):
+        present = [m for m in methods if any(r["method"] == m and r["shots"] == shots for r in rows)]
+        lines = comparison_lines(rows, present, targets, shots, ablations=ablations)
+        if lines:
+            print(f"\n### Bootstrap intervals, {f'{shots}-shot' if shots else 'full training sets'}\n")
+            print("\n".join(lines))
     print("\n## How often the dev-selected prompt is the initial one (best step 0)\n")
     print("| method | setting | cells | best step 0 | mean test, best step 0 | mean test, trained |")
     print("|---|---|---|---|---|---|")

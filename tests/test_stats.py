@@ -73,3 +73,14 @@ def test_unequal_example_counts_are_refused():
 def test_interval_formatting():
     iv = Interval(1.234, -0.5, 2.0)
     assert str(iv) == "1.2 [-0.5, 2.0]" and iv.signed() == "+1.2 [-0.5, +2.0]" and not iv.excludes_zero
+
+
+def test_a_partial_grid_compares_the_methods_and_seeds_it_has():
+    from bmtpt.stats import complete
+
+    recs = [{"method": m, "task": t, "seed": s, "shots": 16} for m in ("pt", "bmtpt") for t in ("a", "b")
+            for s in (0, 1)] + [{"method": "avg", "task": "a", "seed": 0, "shots": 16}]
+    recs = [r for r in recs if not (r["method"] == "bmtpt" and r["seed"] == 1 and r["task"] == "b")]
+    assert complete(recs, ["pt", "avg", "bmtpt"], ["a", "b"], 16) == (["pt", "bmtpt"], [0])
+    assert complete(recs, ["pt"], ["a", "b"], 16) == (["pt"], [0, 1])
+    assert complete(recs, ["pt"], ["a", "b"], None) == ([], [])

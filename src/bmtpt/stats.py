@@ -108,14 +108,15 @@ def intervals(est: np.ndarray, reps: np.ndarray, level: float = 0.95) -> list[In
     return [Interval(float(e), float(x), float(y)) for e, x, y in zip(est, lo, hi)]
 
 
-def complete_tasks(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None
-                   ) -> tuple[list[str], list[int]]:
-    """The tasks and seeds on which every method of `methods` finished (what a fair comparison may use)."""
+def complete(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None
+             ) -> tuple[list[str], list[int]]:
+    """(methods, seeds) a fair comparison may use: the methods that finished every task for some seed, and
+    the seeds on which all of those finished every task (a partial grid compares what it has)."""
     done = {(r["method"], r["task"], r["seed"]) for r in records if r["shots"] == shots}
     seeds = sorted({r["seed"] for r in records if r["shots"] == shots})
-    seeds = [s for s in seeds if all((m, t, s) in done for m in methods for t in tasks)]
-    keep = [t for t in tasks if seeds]
-    return keep, seeds
+    whole = lambda m, s: all((m, t, s) in done for t in tasks)  # noqa: E731
+    kept = [m for m in methods if any(whole(m, s) for s in seeds)]
+    return kept, [s for s in seeds if kept and all(whole(m, s) for m in kept)]
 
 
 def comparison_lines(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None,
@@ -123,9 +124,9 @@ def comparison_lines(records: Sequence[dict], methods: Sequence[str], tasks: Seq
                      ablations: Sequence[str] = (), n_boot: int = 2000) -> list[str]:
     """Markdown: each method's mean [95 % interval] per task and on the average; then paired differences:
     `reference` - pt, - avg and - the best baseline (the baseline with the highest average), and each of
-    `ablations` - `reference`, per task and on the average. Only seeds on which every method finished are
-    used; [] when there are none."""
-    tasks, seeds = complete_tasks(records, methods, tasks, shots)
+    `ablations` - `reference`, per task and on the average. Only methods that finished every task for some
+    seed, and only the seeds on which all of those did, are used; [] when there are none."""
+    methods, seeds = complete(records, methods, tasks, shots)
     if not seeds or not tasks:
         return []
     kept = [r for r in records if r["seed"] in seeds]
