@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The powered transfer benchmark (benchmarks/configs/cpu-transfer.yaml) scaled up for one GPU.
 
-Same design as the CPU grid: sources SST-2, SNLI and TREC; targets MR, SICK and SUBJ; pt, avg and bmtpt on
-the full training sets and 16-shot, SPoT, MPT and the two bmtpt ablations 16-shot only; seeds 0, 1, 2:
-90 cells and 3 source stages. Scaled for one GPU: SmolLM2-135M's real weights in bf16, a longer prompt,
+Same design as the CPU grid: sources SST-2, SNLI and TREC; targets MR, SICK and SUBJ; pt and bmtpt on
+the full training sets and 16-shot, avg, SPoT, MPT and the two bmtpt ablations 16-shot only; seeds 0, 1, 2:
+81 cells and 3 source stages. Scaled for one GPU: SmolLM2-135M's real weights in bf16, a longer prompt,
 larger batches, more source steps, full test sets (MR and SUBJ 2,000 examples, SICK 4,906) and a larger
 evaluation batch. Before anything runs, the script prints the GPU time it expects, worked out from unit
 costs measured on one H200 (the constants below, each naming its source), and refuses to start when that
@@ -26,7 +26,6 @@ import json
 import math
 import shlex
 import shutil
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -104,13 +103,13 @@ DEFAULT_SIZES = {"train": 1000, "dev": 1000, "test": 1000}
 
 # ------------------------------------------------------------------------------------------- the scale
 # Layered over cpu-transfer.yaml (sections merged key by key). Sized so that the projection stays under
-# 8 minutes of H200 time on a fresh machine: the fixed costs (model load 80 s, 90 full test passes ~80 s,
-# tokenising the full training sets ~30 s, 90 cell overheads 45 s, source stages ~50 s, SPoT ~20 s, the report
-# 10 s) take ~315 s, which leaves ~1.8 s a cell: 18 target steps at ~78 ms and 4 dev evaluations. A GPU step
+# 8 minutes of H200 time on a fresh machine: the fixed costs (model load 80 s, 81 full test passes ~70 s,
+# tokenising the full training sets ~30 s, 81 cell overheads 40 s, source stages ~50 s, SPoT ~20 s, the report
+# 10 s) take ~300 s, which leaves ~2.2 s a cell: 24 target steps at ~78 ms and 4 dev evaluations. A GPU step
 # here is bound by kernel launches and Python, not arithmetic, so the batch grows almost for free and the
-# longer training is in examples seen: 18 steps x 32 = 576 examples a cell against the CPU's 50 x 4 = 200
+# longer training is in examples seen: 24 steps x 32 = 768 examples a cell against the CPU's 50 x 8 = 400
 # (16-shot cells see each example twice a step: the same gradient as a batch of 16), and source stages of
-# 120 steps x 24 = 2,880 examples against 100 x 12 = 1,200. Each further target step costs 90 x 78 ms = 7 s.
+# 120 steps x 24 = 2,880 examples against 100 x 12 = 1,200. Each further target step costs 81 x 78 ms = 6 s.
 GPU_SCALE = {
     "name": "gpu-transfer",
     "out": "runs/gpu-transfer",
@@ -125,9 +124,9 @@ GPU_SCALE = {
     "max_train_examples": 8000,
     "log_every": 2,
     "source": {"steps": 120, "batch_size": 24, "checkpoint_every": 60},   # CPU: 100 steps of 12 (4 a task)
-    "target": {"steps": 18, "eval_every": 6,            # CPU: 50 steps, dev at 0, 25, 50; here at 0, 6, 12, 18
+    "target": {"steps": 24, "eval_every": 8,            # CPU: 50 steps, dev at 0, 25, 50; here at 0, 8, 16, 24
                "max_dev_examples": 200, "max_eval_examples": None,   # full test sets (CPU: 1,000 examples)
-               "train_eval_examples": 32, "eval_batch_size": 512, "checkpoint_every": 18},
+               "train_eval_examples": 32, "eval_batch_size": 512, "checkpoint_every": 24},
 }
 # The same pipeline on a tiny random Llama on the CPU (tests): same sources, targets and methods.
 TINY_SCALE = {
@@ -360,89 +359,6 @@ def copy_report(out: Path, results: Path) -> list[str]:
     return copied
 
 
-def _log_times(path: Path) -> dict | None:
-    """gpu_smoke.log_times of a run's metrics.jsonl (median step time, each dev and test evaluation's time)."""
-    if not path.is_file():
-        return None
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    from gpu_smoke import log_times
-
-    return log_times(path)
-
-
-def _median(xs: list) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def measured_units(plan, p: dict) -> dict:
-    """The step and evaluation times the stages and cells logged, next to the projection's.
-
-    From each run's metrics.jsonl (gpu_smoke.log_times): the median seconds of a training step between two
-    logged steps with no evaluation between them, of a dev evaluation (dev + the training sample, after step
-    0) and of the test pass; medians over the cells of each task."""
-    stages = {}
-    for s, proj in zip(plan.stages.values(), p["stages"]):
-        t = _log_times(Path(s.cfg.out) / "metrics.jsonl") or {}
-        stages[s.key] = {"step_s": t.get("step_s"), "projected_step_s": proj["step_s"],
-                         "logged_s": _last_time(Path(s.cfg.out) / "metrics.jsonl")}
-    by_task = defaultdict(lambda: {"step_s": [], "dev_eval_s": [], "test_eval_s": []})
-    for cell in plan.cells:
-        t = _log_times(Path(cell.target.out) / "metrics.jsonl")
-        if t is None:
-            continue
-        d = by_task[cell.task]
-        d["step_s"].append(t["step_s"])
-        d["dev_eval_s"] += t["dev_eval_s"]
-        d["test_eval_s"] += t["test_eval_s"]
-    tasks = {}
-    for task, d in by_task.items():
-        proj = next(c for k, c in p["cells"].items() if k.split("|")[1] == task)
-        tasks[task] = {"step_s": _median(d["step_s"]), "projected_step_s": proj["step_s"],
-                       "dev_eval_s": _median(d["dev_eval_s"]),
-                       "projected_dev_eval_s": proj["dev_s"] / proj["evaluations"],
-                       "test_eval_s": _median(d["test_eval_s"]), "projected_test_eval_s": proj["test_s"]}
-    return {"stages": stages, "targets": tasks}
-
-
-def _last_time(log: Path) -> float | None:
-    """The last time_s a run logged (a source stage: its training time), if any."""
-    if not log.is_file():
-        return None
-    times = [json.loads(line).get("time_s") for line in log.read_text().splitlines() if line.strip()]
-    times = [t for t in times if isinstance(t, (int, float))]
-    return times[-1] if times else None
-
-
-def timing(p: dict, result, wall_s: float, plan, command: str, machine: dict) -> dict:
-    """timing.json: the projection next to the measured wall time, in total, per cell kind and per cell."""
-    measured = {r["key"]: r.get("wall_s") for r in result.records}
-    cells_wall = sum(v for v in measured.values() if v is not None)
-    kinds = {}
-    for name, k in p["kinds"].items():
-        walls = [w for key, w in measured.items() if key in p["cells"] and p["cells"][key]["kind"] == name
-                 and w is not None]
-        kinds[name] = {"cells": k["cells"], "projected_per_cell_s": round(k["per_cell_s"], 3),
-                       "measured_median_wall_s": _median(walls), "measured_total_wall_s": round(sum(walls), 2)}
-    return {
-        "command": command, "machine": machine,
-        "projected": {"total_s": p["total_s"], "total_min": p["total_min"], "model_load_s": p["model_load_s"],
-                      "sources_s": p["sources_s"], "spot_embeddings_s": p["spot_embeddings_s"],
-                      "cells_s": p["cells_s"], "report_s": p["report_s"], "stages": p["stages"], "units": p["units"]},
-        "measured": {"wall_s": round(wall_s, 2), "wall_min": round(wall_s / 60, 2),
-                     "cells_wall_s": round(cells_wall, 2),
-                     "outside_cells_s": round(wall_s - cells_wall, 2), "ran": result.ran, "skipped": result.skipped,
-                     "note": "a cell's wall_s includes the source stage (and SPoT's source embeddings) trained by "
-                             "the first cell that needed it; outside_cells_s is the backbone load and the report "
-                             "(cells skipped as already finished keep the wall_s of the run that made them)"},
-        "units_logged": measured_units(plan, p),
-        "kinds": kinds,
-        "cells": {k: {"projected_s": round(c["total_s"], 3), "wall_s": measured.get(k)} for k, c in p["cells"].items()},
-    }
-
-
 def _fail(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
@@ -511,6 +427,11 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
     results = Path(a.results)
     copied = copy_report(result.out, results)
     command = shlex.join(["python", "benchmarks/gpu_transfer.py", *argv])
+    here = str(Path(__file__).resolve().parent)  # gpu_transfer_timing.py lies beside this file
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from gpu_transfer_timing import timing  # the measured side of timing.json
+
     info = timing(proj, result, wall, plan_experiment(load_experiment(config)), command, machine_description())
     (results / "timing.json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"wall time {wall:.0f} s against {proj['total_s']:.0f} s projected; copied {', '.join(copied)} and wrote "
