@@ -147,8 +147,14 @@ class TargetConfig(CommonConfig):
     init: str = opt("mean", "initial prompt: mean (of the particles), particle:K, vocab, uniform, text:WORDS, "
                     "file:PATH, peft:ADAPTER_DIR (a PEFT prompt-tuning adapter)")
     prior_weight: float = opt(1.0, "lambda: weight of -log p(theta | sources) against the mean token NLL (0: off)")
-    prior: str = opt("kde", "source-posterior density: kde over the particles, or an isotropic gaussian at "
-                     "their mean", ("kde", "gaussian"))
+    prior: str = opt("kde", "source-posterior density: kde over the particles; gaussian (isotropic, at their mean); "
+                     "diag (a Gaussian whose per-coordinate variance is the particles' spread); fisher (a diagonal "
+                     "Laplace approximation from the source stage's squared scores); diag and fisher have the "
+                     "gaussian's mean precision 2/h (see bmtpt.prior)", ("kde", "gaussian", "diag", "fisher"))
+    prior_weight_rule: str = opt("fixed", "fixed: lambda as given, against the per-token mean NLL; bayes: lambda "
+                                 "divided by the training set's target tokens (the prior enters once against the "
+                                 "summed log-likelihood, so it weighs less as the target set grows)",
+                                 ("fixed", "bayes"))
     prior_bandwidth: float | None = opt(None, "bandwidth h of the prior's kernel exp(-d^2/h) (gaussian: variance h/2) "
                                         "(default: the source stage's last bandwidth, from posterior.json)")
     prior_bandwidth_from: str | None = opt(None, "take the prior's bandwidth from this other source run's "

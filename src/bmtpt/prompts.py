@@ -136,13 +136,15 @@ POSTERIOR_KEYS = ("format", "library_version", "backbone", "prompt_length", "emb
 POSTERIOR_FORMAT = 1
 
 
-def save_posterior(out: str | Path, particles: Tensor, info: dict, initial: Tensor | None = None) -> None:
-    """Write `particles.safetensors` ((M, l, d) under key `particles`, and the particles' starting values
-    under `initial` when given) and `posterior.json`."""
+def save_posterior(out: str | Path, particles: Tensor, info: dict, initial: Tensor | None = None,
+                   extra: dict[str, Tensor] | None = None) -> None:
+    """Write `particles.safetensors` ((M, l, d) under key `particles`, the particles' starting values under
+    `initial` when given, and any `extra` tensors such as the source Fisher) and `posterior.json`."""
     out = Path(out)
     meta = {"format": POSTERIOR_FORMAT, "library_version": __version__, **info,
             "num_particles": particles.shape[0], "prompt_length": particles.shape[1], "embed_dim": particles.shape[2]}
-    tensors = {"particles": particles.float(), **({"initial": initial.float()} if initial is not None else {})}
+    tensors = {"particles": particles.float(), **({"initial": initial.float()} if initial is not None else {}),
+               **{k: v.float() for k, v in (extra or {}).items()}}
     atomic_save_tensors(tensors, out / "particles.safetensors")
     atomic_write_json(meta, out / "posterior.json")
 

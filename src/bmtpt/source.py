@@ -179,6 +179,9 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     names = [t.name for t in tasks]
     bandwidth = cfg.bandwidth or 1.0
     rows_per_step = len(groups) * (1 if independent else cfg.particles)
+    # the empirical Fisher of the source posterior (mean squared score over the second half of the steps, all
+    # particles): the target's `--prior fisher` shapes its precision with it
+    fisher = {"sum": torch.zeros_like(particles.detach()[0]), "n": 0}
 
     out = prepare_run_dir(cfg, resumable=True)
     log = JsonlLog(out / "metrics.jsonl")
@@ -186,7 +189,7 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     if ckpt is None:
         save_config(out, "source", cfg)
     else:  # the resumed run keeps the interrupted run's config.yaml
-        log, bandwidth = _restore(ckpt, particles, opt, samplers, sizes, log)
+        log, bandwidth = _restore(ckpt, particles, opt, samplers, sizes, log, fisher)
         start, last_saved = ckpt.step + 1, ckpt.step
 
     def nonfinite(step: int, what: str, on: list[str]) -> BmtptError:
@@ -212,6 +215,9 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
             phi, bandwidth = terms.direction, terms.bandwidth
             record = {"bandwidth": bandwidth, "mean_distance": mean_pairwise_distance(terms.sq_dists),
                       "drive_norm": _mean_norm(terms.drive), "repulse_norm": _mean_norm(terms.repulse)}
+        if step > cfg.steps // 2:
+            fisher["sum"] += scores.detach().to(fisher["sum"].dtype).pow(2).sum(0)
+            fisher["n"] += len(scores)
         particles.grad = -phi.to(particles.dtype)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -224,10 +230,10 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
             log.write(step=step, loss=mean_loss, **{f"loss/{n}": float(v) for n, v in zip(names, task_loss)},
                       particle_loss=[round(float(x), 6) for x in losses.sum(1)], **record)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(out, "source", step, cfg.to_dict(), {"particles": particles},
+            save_checkpoint(out, "source", step, cfg.to_dict(), {"particles": particles, "fisher_sum": fisher["sum"]},
                             opt, {"samplers": [s.state_dict() for s in samplers], "train_sizes": sizes,
                                   "bandwidth": bandwidth, "log_position": log.position(),
-                                  "elapsed_s": log.elapsed()})
+                                  "elapsed_s": log.elapsed(), "fisher_n": fisher["n"]})
             last_saved = step
 
     info = {"backbone": cfg.model, "source_tasks": names, "method": cfg.method, "bandwidth": bandwidth,
@@ -242,7 +248,8 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     if dev:
         info["final_dev"] = final_dev_scores(pm, final.to(pm.device), tasks, dev, cfg.progress)
     # the initial particles go with the final ones: SPoT compares what training *moved* (final - initial)
-    save_posterior(out, final, info, initial=initial)  # posterior.json last: its presence marks the run complete
+    extra = {"fisher": (fisher["sum"] / fisher["n"]).float().cpu()} if fisher["n"] else {}
+    save_posterior(out, final, info, initial=initial, extra=extra)  # posterior.json last: it marks the run complete
     return SourceResult(final, info, out)
 
 
@@ -263,8 +270,10 @@ def final_dev_scores(pm: PromptedModel, particles: Tensor, tasks: list, dev: lis
 
 
 def _restore(ckpt: Checkpoint, particles: Tensor, opt: torch.optim.Optimizer, samplers: list[EpochSampler],
-             sizes: list[int], log: JsonlLog) -> tuple[JsonlLog, float]:
-    """Load a checkpoint into the freshly built run: particles, data position, log, optimiser, RNG."""
+             sizes: list[int], log: JsonlLog, fisher: dict) -> tuple[JsonlLog, float]:
+    """Load a checkpoint into the freshly built run: particles, data position, log, Fisher sums, optimiser, RNG.
+
+    A checkpoint written before the Fisher estimate existed has none: the estimate then starts at the resume."""
     try:
         saved = ckpt.tensors["particles"]
         if ckpt.state["train_sizes"] != sizes or saved.shape != particles.shape:
@@ -277,6 +286,9 @@ def _restore(ckpt: Checkpoint, particles: Tensor, opt: torch.optim.Optimizer, sa
         log.truncate(ckpt.state["log_position"])
         log = JsonlLog(log.path, elapsed=ckpt.state["elapsed_s"])
         bandwidth = float(ckpt.state["bandwidth"])
+        if "fisher_sum" in ckpt.tensors:
+            fisher["sum"].copy_(ckpt.tensors["fisher_sum"].to(fisher["sum"].device))
+            fisher["n"] = int(ckpt.state.get("fisher_n", 0))
     except (KeyError, ValueError) as e:
         raise BmtptError(f"checkpoint {ckpt.path} is incomplete ({type(e).__name__}: {e})") from e
     ckpt.restore(opt)  # optimiser and RNG states last: nothing after this may draw random numbers

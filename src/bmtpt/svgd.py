@@ -121,6 +121,12 @@ def gaussian_log_density(x: Tensor, mean: Tensor, variance: float) -> Tensor:
     return -(diff * diff).sum() / (2.0 * variance)
 
 
+def diag_gaussian_log_density(x: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
+    """Log of N(mean, diag(1 / precision)) without its constant: -1/2 sum_j precision_j (x_j - mean_j)^2."""
+    diff = x.reshape(-1) - mean.reshape(-1).to(x.dtype)
+    return -0.5 * (precision.reshape(-1).to(x.dtype) * diff * diff).sum()
+
+
 def mean_pairwise_distance(sq_dists: Tensor) -> float:
     """Mean Euclidean distance over distinct pairs (0 for a single particle): a spread diagnostic."""
     m = sq_dists.shape[0]

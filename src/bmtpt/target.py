@@ -1,10 +1,12 @@
 """Target stage: MAP training of a target prompt with the source posterior as its prior.
 
-    loss = mean token NLL on the target task  -  lambda * log p_hat(theta_T)
+    loss = mean token NLL on the target task  -  lambda_eff * log p_hat(theta_T)
 
-p_hat is a kernel density over the source particles with the posterior's bandwidth (or an isotropic
-Gaussian at their mean with the same kernel width, variance h/2). theta_T = theta0 * (u v^T) when the
-rank-one factor is on; u and v start at ones, so training starts exactly at theta0.
+p_hat is the source posterior as a density (`bmtpt.prior`: the paper's kernel density over the particles
+with the posterior's bandwidth, or a Gaussian shaped by the particles or by the source Fisher), and
+lambda_eff is --prior-weight, optionally divided by the target set's size (--prior-weight-rule bayes).
+theta_T = theta0 * (u v^T) when the rank-one factor is on; u and v start at ones, so training starts
+exactly at theta0.
 
 Every --checkpoint-every steps (and at the end) the run state, best-so-far dev prompt included, goes
 to checkpoint.safetensors (`bmtpt.checkpoint`); --resume continues from it as if never interrupted.
@@ -27,8 +29,9 @@ from .checkpoint import Checkpoint, check_resume_options, file_digest, load_chec
 from .config import TargetConfig
 from .data import EpochSampler, batch_of
 from .errors import BmtptError
+from .prior import PriorTerm, effective_weight
 from .prompted import PromptedModel
-from .prompts import atomic_save_tensors, atomic_write_json, init_prompts, load_posterior
+from .prompts import atomic_save_tensors, atomic_write_json, init_prompts, load_posterior, load_tensors
 from .runs import (
     JsonlLog,
     check_data_dir,
@@ -42,7 +45,6 @@ from .runs import (
     save_config,
     seed_everything,
 )
-from .svgd import gaussian_log_density, kde_log_density
 from .tasks import Task, get_task
 
 TARGET_FORMAT = 1
@@ -56,20 +58,6 @@ class TargetResult:
     prompt: Tensor
     metrics: dict
     out: Path
-
-
-class PriorTerm:
-    """log p_hat(theta) of the source posterior: a KDE over the particles or a Gaussian at their mean."""
-
-    def __init__(self, particles: Tensor, bandwidth: float, kind: str = "kde"):
-        self.particles, self.bandwidth, self.kind = particles, float(bandwidth), kind
-        self.mean = particles.mean(0)
-
-    def __call__(self, theta: Tensor) -> Tensor:
-        """Differentiable log density (up to a constant) at theta, shape (l, d)."""
-        if self.kind == "kde":
-            return kde_log_density(theta, self.particles, self.bandwidth)
-        return gaussian_log_density(theta, self.mean, self.bandwidth / 2)
 
 
 def effective_prompt(theta0: Tensor, u: Tensor | None, v: Tensor | None) -> Tensor:
@@ -194,13 +182,16 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         v = torch.nn.Parameter(torch.ones(theta0.shape[1], device=device))
         groups.append({"params": [u, v], "lr": cfg.lr_factor})
     opt = make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
+    enc = pm.encode(task, train, cfg.max_target_tokens)
     lam = cfg.prior_weight if cfg.method == "bmtpt" else 0.0
+    lam_eff = effective_weight(lam, cfg.prior_weight_rule, sum(len(t) for t in enc.targets))
     prior, bandwidth = None, None
     if particles is not None and lam > 0:
         bandwidth = prior_bandwidth(cfg, meta)
-        prior = PriorTerm(particles.to(device), bandwidth, cfg.prior)
+        fisher = load_tensors(Path(cfg.posterior).expanduser() / "particles.safetensors").get("fisher") \
+            if cfg.prior == "fisher" else None
+        prior = PriorTerm(particles.to(device), bandwidth, cfg.prior, fisher)
 
-    enc = pm.encode(task, train, cfg.max_target_tokens)
     sampler = EpochSampler(len(enc), cfg.seed)
     seen = train_sample(train, cfg.train_eval_examples, cfg.seed)
 
@@ -232,8 +223,8 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     for step in bar:
         ids = sampler.take(cfg.batch_size)
         opt.zero_grad(set_to_none=True)
-        nll_mean, log_prior = accumulate_backward(pm, current, prior, lam, enc, ids, cfg.grad_accum)
-        loss = nll_mean - lam * log_prior
+        nll_mean, log_prior = accumulate_backward(pm, current, prior, lam_eff, enc, ids, cfg.grad_accum)
+        loss = nll_mean - lam_eff * log_prior
         if not torch.isfinite(loss):
             raise _nonfinite("the loss", step, task.name, out, last_saved)
         params = [p for g in groups for p in g["params"]]
@@ -273,7 +264,8 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     atomic_write_json({"format": TARGET_FORMAT, "library_version": __version__, "backbone": cfg.model,
                        "task": task.name, "method": cfg.method, "posterior": cfg.posterior,
                        "source_tasks": meta.get("source_tasks"), "prompt_length": best_prompt.shape[0],
-                       "embed_dim": best_prompt.shape[1], "prior_weight": lam,
+                       "embed_dim": best_prompt.shape[1], "prior_weight": lam, "prior_weight_effective": lam_eff,
+                       "prior": cfg.prior if prior is not None else None,
                        "label_words": pm.words(task) if task.is_classification else None,
                        "prior_bandwidth": bandwidth if prior is not None else None,
                        "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),

@@ -1,0 +1,79 @@
+"""The source posterior as the target stage's prior: a density over prompts built from the particles.
+
+    loss = mean target NLL  -  lambda_eff * log p_hat(theta)
+
+Shapes of p_hat (`--prior`):
+- `kde`: the paper's kernel density over the particles, exp(-||theta - theta_m||^2 / h) averaged over m;
+- `gaussian`: an isotropic Gaussian at the particles' mean with the kernel's width (variance h / 2);
+- `diag`: a Gaussian at the mean whose per-coordinate variance is the particles' spread along that
+  coordinate, shrunk toward the mean spread (where the source posterior agrees, the pull is strong; where
+  particles differ, it is weak);
+- `fisher`: a diagonal Laplace approximation: precision proportional to the source stage's squared
+  scores (the empirical Fisher, `fisher` in particles.safetensors), i.e. where the source loss is sharp.
+
+`diag` and `fisher` only *shape* the precision: both are rescaled so that their mean precision is the
+isotropic Gaussian's, 2 / h, so h (the bandwidth) and lambda set the overall strength whatever the shape.
+A small floor (`FLOOR` times the mean) keeps every precision positive and finite.
+
+`--prior-weight-rule` sets lambda_eff: `fixed` uses lambda as given (per step, against the per-token mean
+NLL); `bayes` divides it by the target training set's label tokens, as Bayes' rule does when the
+log-likelihood is the *sum* over the training set and the prior enters once: the prior then weighs less
+as the target set grows.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .errors import BmtptError
+from .svgd import diag_gaussian_log_density, gaussian_log_density, kde_log_density
+
+KINDS = ("kde", "gaussian", "diag", "fisher")
+WEIGHT_RULES = ("fixed", "bayes")
+FLOOR = 0.01  # a precision's floor, relative to the mean precision before rescaling
+SHRINK = 0.1  # diag: each coordinate's variance plus SHRINK x the mean variance (few particles, noisy variances)
+
+
+def shaped_precision(raw: Tensor, bandwidth: float) -> Tensor:
+    """Per-coordinate precisions proportional to `raw` (floored at FLOOR x its mean), rescaled to mean 2 / h."""
+    raw = raw.double()
+    if not raw.mean() > 0:
+        raise BmtptError("the prior's precision shape is all zero (particles that coincide, or no Fisher estimate)")
+    p = raw.clamp_min(FLOOR * raw.mean())
+    return (p * (2.0 / bandwidth) / p.mean()).float()
+
+
+class PriorTerm:
+    """log p_hat(theta) of the source posterior, differentiable in theta (l, d); see the module docstring."""
+
+    def __init__(self, particles: Tensor, bandwidth: float, kind: str = "kde", fisher: Tensor | None = None):
+        if kind not in KINDS:
+            raise BmtptError(f"unknown --prior {kind!r} (choose {', '.join(KINDS)})")
+        self.particles, self.bandwidth, self.kind = particles, float(bandwidth), kind
+        self.mean = particles.mean(0)
+        self.precision = None
+        if kind == "diag":
+            if len(particles) < 2:
+                raise BmtptError("--prior diag needs at least two particles (their spread is its variance)")
+            var = particles.double().var(0)  # shrunk toward its mean, so a coordinate where 3 particles happen
+            self.precision = shaped_precision(1.0 / (var + SHRINK * var.mean()), self.bandwidth)  # to agree stays sane
+        elif kind == "fisher":
+            if fisher is None:
+                raise BmtptError("--prior fisher needs a posterior with a Fisher estimate (particles.safetensors "
+                                 "'fisher', written by `bmtpt source` since this option exists)")
+            self.precision = shaped_precision(fisher, self.bandwidth).to(particles.device)
+
+    def __call__(self, theta: Tensor) -> Tensor:
+        """Log density (up to a constant) at theta."""
+        if self.kind == "kde":
+            return kde_log_density(theta, self.particles, self.bandwidth)
+        if self.kind == "gaussian":
+            return gaussian_log_density(theta, self.mean, self.bandwidth / 2)
+        return diag_gaussian_log_density(theta, self.mean, self.precision)
+
+
+def effective_weight(weight: float, rule: str, target_tokens: int) -> float:
+    """lambda_eff: `weight` itself (`fixed`) or divided by the training set's target tokens (`bayes`)."""
+    if rule not in WEIGHT_RULES:
+        raise BmtptError(f"unknown --prior-weight-rule {rule!r} (choose {', '.join(WEIGHT_RULES)})")
+    return weight if rule == "fixed" else weight / max(target_tokens, 1)
