@@ -140,14 +140,14 @@ def _median_h(parts: torch.Tensor) -> float:
     return float(np.median(sq)) / math.log(m + 1)
 
 
-def _phi_by_hand(x: torch.Tensor, s: torch.Tensor, h: float) -> torch.Tensor:
+def _phi_by_hand(x: torch.Tensor, s: torch.Tensor, h: float, repulsion: float = 1.0) -> torch.Tensor:
     m = x.shape[0]
     out = torch.zeros_like(x, dtype=torch.float64)
     for i in range(m):
         for j in range(m):
             diff = (x[j] - x[i]).double()
             k = math.exp(-(diff**2).sum().item() / h)
-            out[i] += k * s[j].double() - 2.0 / h * diff * k
+            out[i] += k * s[j].double() - repulsion * 2.0 / h * diff * k
     return out / m
 
 
@@ -179,19 +179,21 @@ def test_run_source_writes_the_posterior_and_logs(tmp_path, tiny_llama):
     assert (out / "config.yaml").is_file()
 
 
-def test_one_sgd_step_moves_the_particles_along_phi(tmp_path, tiny_t5):
-    """With every example in the batch, one SGD step is theta + lr * phi(theta), phi built by hand."""
+@pytest.mark.parametrize("repulsion", [1.0, 4.0])
+def test_one_sgd_step_moves_the_particles_along_phi(tmp_path, tiny_t5, repulsion):
+    """With every example in the batch, one SGD step is theta + lr * phi(theta), phi built by hand (with
+    --repulsion scaling the kernel-gradient term)."""
     model, tok = tiny_t5
     cfg = SourceConfig(model="tiny-t5", out=str(tmp_path / "src"), tasks=",".join(TASKS), particles=3, steps=1,
                        batch_size=6, prompt_length=2, max_train_examples=2, optimizer="sgd", weight_decay=0.0,
-                       lr=0.5, prior_std=3.0, progress=False, device="cpu")
+                       lr=0.5, prior_std=3.0, progress=False, device="cpu", repulsion=repulsion)
     res = run_source(cfg, model, tok)
     pm = PromptedModel(model, tok)
     theta0 = init_prompts(model, tok, 3, 2, "vocab", seed=0)
     per_task = [encode_examples(tok, load_split(get_task(n), "train", cfg, 2), True, eos=False)  # labels only
                 for n in TASKS]
     scores = torch.stack([_score_by_hand(pm, theta0[m], per_task, [1.0] * 3, 3.0, range(3))[0] for m in range(3)])
-    want = theta0.double() + 0.5 * _phi_by_hand(theta0, scores, _median_h(theta0))
+    want = theta0.double() + 0.5 * _phi_by_hand(theta0, scores, _median_h(theta0), repulsion)
     torch.testing.assert_close(res.particles.double(), want, atol=1e-5, rtol=1e-4)
 
 

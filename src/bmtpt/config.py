@@ -100,6 +100,9 @@ class SourceConfig(CommonConfig):
     prior_std: float | None = opt(None, "std of the isotropic Gaussian prior log p(theta) (default: no prior)")
     bandwidth: float | None = opt(None, "RBF bandwidth h of exp(-d^2/h) (default: median heuristic each step; "
                                   "a one-particle run records none, so its target prior needs one stated)")
+    repulsion: float = opt(1.0, "weight of SVGD's repulsive (kernel-gradient) term: 1 is plain SVGD; above 1 the "
+                           "particles spread further (the drive of many examples otherwise dwarfs it: 0.7 percent "
+                           "of the drive in the first CPU grids); 0 leaves kernel-averaged, non-repelling particles")
     final_eval_examples: int = opt(200, "dev examples of each source task on which the final particles and their "
                                    "mean are scored, into posterior.json (0: skip)")
 
@@ -117,6 +120,8 @@ class SourceConfig(CommonConfig):
             raise BmtptError(f"--bandwidth must be positive, got {self.bandwidth}")
         if not self.mixing_temperature > 0:
             raise BmtptError(f"--mixing-temperature must be positive, got {self.mixing_temperature}")
+        if not 0 <= self.repulsion < float("inf"):
+            raise BmtptError(f"--repulsion must be a non-negative number, got {self.repulsion}")
         if self.final_eval_examples < 0:
             raise BmtptError(f"--final-eval-examples must be >= 0, got {self.final_eval_examples}")
         parse_likelihood_scale(self.likelihood_scale)

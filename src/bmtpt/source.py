@@ -212,7 +212,7 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
             phi, record = scores, {}
         else:
             terms = svgd_terms(particles.detach(), scores, cfg.bandwidth)
-            phi, bandwidth = terms.direction, terms.bandwidth
+            phi, bandwidth = terms.drive + cfg.repulsion * terms.repulse, terms.bandwidth
             record = {"bandwidth": bandwidth, "mean_distance": mean_pairwise_distance(terms.sq_dists),
                       "drive_norm": _mean_norm(terms.drive), "repulse_norm": _mean_norm(terms.repulse)}
         if step > cfg.steps // 2:
