@@ -99,3 +99,19 @@ def test_target_run_with_the_bayes_rule_and_the_fisher_prior(tmp_path, tiny_llam
     recs = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
     for r in (r for r in recs if "nll" in r):
         assert r["loss"] == pytest.approx(r["nll"] - 0.5 * r["log_prior"], rel=1e-5, abs=1e-6)
+
+
+def test_prior_bandwidth_sources_and_scale():
+    from types import SimpleNamespace
+
+    from bmtpt.prior import prior_bandwidth
+
+    cfg = SimpleNamespace(prior_bandwidth=None, prior_bandwidth_from=None, prior_bandwidth_scale=0.25, posterior="p")
+    assert prior_bandwidth(cfg, {"bandwidth": 8.0}) == pytest.approx(2.0)
+    cfg.prior_bandwidth = 3.0
+    assert prior_bandwidth(cfg, {"bandwidth": 8.0}) == pytest.approx(0.75)
+    cfg.prior_bandwidth = None
+    with pytest.raises(BmtptError, match="one particle"):
+        prior_bandwidth(cfg, {"bandwidth": None})
+    with pytest.raises(BmtptError, match="prior-bandwidth-scale"):
+        TargetConfig(out="x", task="t", method="pt", prior_bandwidth_scale=0.0).validate()

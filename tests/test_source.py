@@ -202,3 +202,25 @@ def test_independent_needs_one_particle_per_task(tmp_path, tiny_llama):
                        method="independent", progress=False, device="cpu")
     with pytest.raises(BmtptError, match="--particles must be 3"):
         run_source(cfg, *tiny_llama)
+
+
+def test_task_weights_scale_each_tasks_pull(tmp_path, tiny_t5):
+    """--task-weights w: one SGD step of a single particle is theta + lr * sum_k w_k grad log p(D_k | theta),
+    built by hand; a wrong count is refused."""
+    model, tok = tiny_t5
+    cfg = SourceConfig(model="tiny-t5", out=str(tmp_path / "src"), tasks=",".join(TASKS), particles=1, steps=1,
+                       batch_size=6, prompt_length=2, max_train_examples=2, optimizer="sgd", weight_decay=0.0,
+                       lr=0.5, progress=False, device="cpu", task_weights="1,0.5,2", final_eval_examples=0)
+    res = run_source(cfg, model, tok)
+    pm = PromptedModel(model, tok)
+    theta0 = init_prompts(model, tok, 1, 2, "vocab", seed=0)
+    per_task = [encode_examples(tok, load_split(get_task(n), "train", cfg, 2), True, eos=False) for n in TASKS]
+    score = _score_by_hand(pm, theta0[0], per_task, [1.0, 0.5, 2.0], None, range(3))[0]
+    torch.testing.assert_close(res.particles[0].double(), theta0[0].double() + 0.5 * score.double(),
+                               atol=1e-5, rtol=1e-4)
+    bad = SourceConfig(model="tiny-t5", out=str(tmp_path / "bad"), tasks=",".join(TASKS), task_weights="1,2",
+                       progress=False, device="cpu")
+    with pytest.raises(BmtptError, match="2 weights for 3 source tasks"):
+        run_source(bad, model, tok)
+    with pytest.raises(BmtptError, match="non-negative"):
+        SourceConfig(out="x", tasks="a", task_weights="1,-1").validate()

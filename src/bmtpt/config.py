@@ -100,6 +100,8 @@ class SourceConfig(CommonConfig):
     prior_std: float | None = opt(None, "std of the isotropic Gaussian prior log p(theta) (default: no prior)")
     bandwidth: float | None = opt(None, "RBF bandwidth h of exp(-d^2/h) (default: median heuristic each step; "
                                   "a one-particle run records none, so its target prior needs one stated)")
+    task_weights: str | None = opt(None, "comma-separated weights, one per source task, multiplying each task's "
+                                   "log-likelihood in the posterior (e.g. 1,1,0.5 to halve the third's pull)")
     repulsion: float = opt(1.0, "weight of SVGD's repulsive (kernel-gradient) term: 1 is plain SVGD; above 1 the "
                            "particles spread further (the drive of many examples otherwise dwarfs it: 0.7 percent "
                            "of the drive in the first CPU grids); 0 leaves kernel-averaged, non-repelling particles")
@@ -120,11 +122,27 @@ class SourceConfig(CommonConfig):
             raise BmtptError(f"--bandwidth must be positive, got {self.bandwidth}")
         if not self.mixing_temperature > 0:
             raise BmtptError(f"--mixing-temperature must be positive, got {self.mixing_temperature}")
+        parse_task_weights(self.task_weights)
         if not 0 <= self.repulsion < float("inf"):
             raise BmtptError(f"--repulsion must be a non-negative number, got {self.repulsion}")
         if self.final_eval_examples < 0:
             raise BmtptError(f"--final-eval-examples must be >= 0, got {self.final_eval_examples}")
         parse_likelihood_scale(self.likelihood_scale)
+
+
+def parse_task_weights(spec: str | None, count: int | None = None) -> list[float] | None:
+    """'1,1,0.5' -> [1.0, 1.0, 0.5] (non-negative, at least one positive; `count` of them when given)."""
+    if spec is None or str(spec).strip() == "":
+        return None
+    try:
+        w = [float(x) for x in str(spec).split(",")]
+    except ValueError:
+        raise BmtptError(f"--task-weights must be comma-separated numbers, got {spec!r}") from None
+    if any(not 0 <= x < float("inf") for x in w) or not any(x > 0 for x in w):
+        raise BmtptError(f"--task-weights must be non-negative numbers, at least one positive, got {spec!r}")
+    if count is not None and len(w) != count:
+        raise BmtptError(f"--task-weights gives {len(w)} weights for {count} source tasks")
+    return w
 
 
 def parse_likelihood_scale(spec: str | float) -> str | float:
@@ -162,6 +180,9 @@ class TargetConfig(CommonConfig):
                                  ("fixed", "bayes"))
     prior_bandwidth: float | None = opt(None, "bandwidth h of the prior's kernel exp(-d^2/h) (gaussian: variance h/2) "
                                         "(default: the source stage's last bandwidth, from posterior.json)")
+    prior_bandwidth_scale: float = opt(1.0, "multiply the prior's bandwidth (however it was found) by this: below 1 a "
+                                       "peaked prior, above 1 a flatter one (the kernel width of SVGD and of the "
+                                       "prior need not be the same)")
     prior_bandwidth_from: str | None = opt(None, "take the prior's bandwidth from this other source run's "
                                            "posterior.json (a one-particle posterior has none: an M = 1 ablation "
                                            "borrows its M-particle twin's, so that only M changes)")
@@ -185,6 +206,8 @@ class TargetConfig(CommonConfig):
             raise BmtptError("--task is required")
         if self.method != "pt" and not self.posterior:
             raise BmtptError(f"--posterior is required with --method {self.method}")
+        if not 0 < self.prior_bandwidth_scale < float("inf"):
+            raise BmtptError(f"--prior-bandwidth-scale must be a positive number, got {self.prior_bandwidth_scale}")
         if self.train_eval_examples < 0:
             raise BmtptError(f"--train-eval-examples must be >= 0, got {self.train_eval_examples}")
         if self.prior_bandwidth is not None and self.prior_bandwidth_from:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .errors import BmtptError
+from .prompts import load_posterior
 from .svgd import diag_gaussian_log_density, gaussian_log_density, kde_log_density
 
 KINDS = ("kde", "gaussian", "diag", "fisher")
@@ -70,6 +71,25 @@ class PriorTerm:
         if self.kind == "gaussian":
             return gaussian_log_density(theta, self.mean, self.bandwidth / 2)
         return diag_gaussian_log_density(theta, self.mean, self.precision)
+
+
+def prior_bandwidth(cfg, meta: dict) -> float:
+    """The prior's kernel width: --prior-bandwidth, else --prior-bandwidth-from's posterior.json, else the
+    posterior's own (posterior.json `meta`), times --prior-bandwidth-scale. A one-particle posterior records
+    none (no spread to measure), so it must be stated."""
+    if cfg.prior_bandwidth is not None:
+        h = cfg.prior_bandwidth
+    elif cfg.prior_bandwidth_from:
+        h = load_posterior(cfg.prior_bandwidth_from)[1].get("bandwidth")
+        if h is None:
+            raise BmtptError(f"--prior-bandwidth-from {cfg.prior_bandwidth_from}: that posterior records no bandwidth "
+                             "either (it has one particle)")
+    elif meta.get("bandwidth") is None:
+        raise BmtptError(f"the posterior in {cfg.posterior} has one particle, so it has no kernel width for the prior: "
+                         "give --prior-bandwidth H or --prior-bandwidth-from SOURCE_RUN (or --prior-weight 0)")
+    else:
+        h = meta["bandwidth"]
+    return float(h) * cfg.prior_bandwidth_scale
 
 
 def effective_weight(weight: float, rule: str, target_tokens: int) -> float:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoint import Checkpoint, check_resume_options, load_checkpoint, save_checkpoint
-from .config import SourceConfig, parse_likelihood_scale
+from .config import SourceConfig, parse_likelihood_scale, parse_task_weights
 from .data import Batch, EpochSampler, collate, select_rows
 from .errors import BmtptError
 from .prompted import PromptedModel
@@ -171,6 +171,7 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     sizes = [len(e) for e in encoded]
     per_task = mixing_sizes(sizes, cfg.batch_size, cfg.mixing, cfg.mixing_temperature)
     weights = torch.tensor([float(n) if scale == "dataset" else (1.0 if scale == "mean" else scale) for n in sizes])
+    weights = weights * torch.tensor(parse_task_weights(cfg.task_weights, len(tasks)) or [1.0] * len(tasks))
 
     initial = init_prompts(model, tokenizer, cfg.particles, cfg.prompt_length, cfg.init, cfg.seed)
     particles = torch.nn.Parameter(initial.clone().to(device))

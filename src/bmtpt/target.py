@@ -29,7 +29,7 @@ from .checkpoint import Checkpoint, check_resume_options, file_digest, load_chec
 from .config import TargetConfig
 from .data import EpochSampler, batch_of
 from .errors import BmtptError
-from .prior import PriorTerm, effective_weight
+from .prior import PriorTerm, effective_weight, prior_bandwidth
 from .prompted import PromptedModel
 from .prompts import atomic_save_tensors, atomic_write_json, init_prompts, load_posterior, load_tensors
 from .runs import (
@@ -115,23 +115,6 @@ def predict_and_score(pm: PromptedModel, prompt: Tensor, task: Task, examples, c
         _EVALUATED[key] = ({**m, "score": score_of(m)}, preds)
     metrics, preds = _EVALUATED[key]
     return dict(metrics), list(preds)
-
-
-def prior_bandwidth(cfg: TargetConfig, meta: dict) -> float:
-    """The prior's kernel width: --prior-bandwidth, else --prior-bandwidth-from's posterior.json, else the
-    posterior's own. A one-particle posterior records none (no spread to measure), so it must be stated."""
-    if cfg.prior_bandwidth is not None:
-        return cfg.prior_bandwidth
-    if cfg.prior_bandwidth_from:
-        h = load_posterior(cfg.prior_bandwidth_from)[1].get("bandwidth")
-        if h is None:
-            raise BmtptError(f"--prior-bandwidth-from {cfg.prior_bandwidth_from}: that posterior records no bandwidth "
-                             "either (it has one particle)")
-        return float(h)
-    if meta.get("bandwidth") is None:
-        raise BmtptError(f"the posterior in {cfg.posterior} has one particle, so it has no kernel width for the prior: "
-                         "give --prior-bandwidth H or --prior-bandwidth-from SOURCE_RUN (or --prior-weight 0)")
-    return float(meta["bandwidth"])
 
 
 def train_sample(train: list, n: int, seed: int) -> list:
