@@ -44,9 +44,9 @@ def _span(values: set) -> str:
     return f"{vals[0]:,}" if len(vals) == 1 else f"{vals[0]:,}–{vals[-1]:,}"
 
 
-def score_table(plan: Plan, records: list[dict], shots: int | None) -> list[str]:
-    """Markdown lines: rows = methods; columns = per-task test scores, suite averages, the overall average,
-    trainable parameters per task and source-stage compute (example passes)."""
+def score_table(plan: Plan, records: list[dict], shots: int | None, key: str = "test_score") -> list[str]:
+    """Markdown lines: rows = methods; columns = per-task test scores (or `key`: dev_score), suite averages,
+    the overall average, trainable parameters per task and source-stage compute (example passes)."""
     exp = plan.exp
     suites = defaultdict(list)
     for c in plan.cells:
@@ -58,7 +58,7 @@ def score_table(plan: Plan, records: list[dict], shots: int | None) -> list[str]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for spec in exp.methods:
         recs = [r for r in records if r["method"] == spec.name and r["shots"] == shots]
-        by = {(r["task"], r["seed"]): r["test_score"] for r in recs}
+        by = {(r["task"], r["seed"]): r[key] for r in recs}
         row = [spec.name if spec.name == spec.base else f"{spec.name} ({spec.base})"]
         row += [mean_std([by[(t, s)] for s in exp.seeds if (t, s) in by]) for t in exp.targets]
         for _, tasks in groups:  # a seed counts only when all of the group's tasks finished for it
@@ -277,7 +277,9 @@ def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True
         ci = comparison_lines(records, names, list(exp.targets), shots, ablations=ablations)
         if ci:
             lines += ["### Confidence intervals", "", *ci, ""]
-        lines += ["### Model selection", "", *selection_lines(records, names, shots), ""]
+        lines += ["### Model selection", "", *selection_lines(records, names, shots), "",
+                  "Dev scores of the selected prompts (what settings are chosen on; mean ± std over seeds):", "",
+                  *score_table(plan, records, shots, "dev_score"), ""]
         if have_mpl:
             pngs.append(learning_curves(out, plan, records, shots))
     lines += source_dev_lines(plan)
