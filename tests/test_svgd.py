@@ -167,3 +167,25 @@ def test_svgd_particles_reach_a_known_gaussian(cov):
     emp = np.cov(got.T)
     np.testing.assert_allclose(np.diag(emp), np.diag(cov), rtol=0.2)
     assert emp[0, 1] == pytest.approx(cov[0, 1], abs=0.15)
+
+
+def test_row_mean_kernel_view_against_autograd():
+    """The kernel on each particle's row mean: drive = 1/M sum_j k_ji s_j and repulse = 1/M sum_j
+    grad_{x_j} k(mean x_j, mean x_i), the latter by autograd through the mean, one pair at a time."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    s = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    h = 0.7
+    terms = svgd_terms(x, s, h, view="row-mean")
+    for i in range(4):
+        drive, rep = torch.zeros(3, 5, dtype=torch.float64), torch.zeros(3, 5, dtype=torch.float64)
+        for j in range(4):
+            xj = x[j].clone().requires_grad_(True)
+            k = torch.exp(-((xj.mean(0) - x[i].mean(0)) ** 2).sum() / h)
+            (grad,) = torch.autograd.grad(k, xj)
+            drive += k.detach() * s[j]
+            rep += grad
+        torch.testing.assert_close(terms.drive[i], drive / 4)
+        torch.testing.assert_close(terms.repulse[i], rep / 4)
+    with pytest.raises(ValueError, match="kernel view"):
+        svgd_terms(x, s, h, view="pca")

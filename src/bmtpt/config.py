@@ -100,6 +100,9 @@ class SourceConfig(CommonConfig):
     prior_std: float | None = opt(None, "std of the isotropic Gaussian prior log p(theta) (default: no prior)")
     bandwidth: float | None = opt(None, "RBF bandwidth h of exp(-d^2/h) (default: median heuristic each step; "
                                   "a one-particle run records none, so its target prior needs one stated)")
+    kernel_view: str = opt("flat", "what SVGD's kernel compares: flat (the whole prompt) or row-mean (each particle's "
+                           "mean token vector: a d-dimensional view where distances concentrate less)",
+                           ("flat", "row-mean"))
     task_weights: str | None = opt(None, "comma-separated weights, one per source task, multiplying each task's "
                                    "log-likelihood in the posterior (e.g. 1,1,0.5 to halve the third's pull)")
     repulsion: float = opt(1.0, "weight of SVGD's repulsive (kernel-gradient) term: 1 is plain SVGD; above 1 the "

@@ -212,7 +212,7 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
         if independent:
             phi, record = scores, {}
         else:
-            terms = svgd_terms(particles.detach(), scores, cfg.bandwidth)
+            terms = svgd_terms(particles.detach(), scores, cfg.bandwidth, cfg.kernel_view)
             phi, bandwidth = terms.drive + cfg.repulsion * terms.repulse, terms.bandwidth
             record = {"bandwidth": bandwidth, "mean_distance": mean_pairwise_distance(terms.sq_dists),
                       "drive_norm": _mean_norm(terms.drive), "repulse_norm": _mean_norm(terms.repulse)}

@@ -74,22 +74,38 @@ class SVGDTerms:
         return self.drive + self.repulse
 
 
-def svgd_terms(particles: Tensor, scores: Tensor, bandwidth: float | None = None) -> SVGDTerms:
-    """Compute the driving and repulsive parts of the SVGD direction separately (for logging)."""
+KERNEL_VIEWS = ("flat", "row-mean")
+
+
+def svgd_terms(particles: Tensor, scores: Tensor, bandwidth: float | None = None, view: str = "flat") -> SVGDTerms:
+    """Compute the driving and repulsive parts of the SVGD direction separately (for logging).
+
+    `view` is what the kernel compares: `flat`, the whole particle; `row-mean`, each particle's mean over its
+    first axis (for a prompt, its mean token vector: a d-dimensional view of an l x d particle, where
+    distances do not all concentrate at the same value). The kernel of a linear view P stays a kernel on the
+    particles, and its gradient is P^T applied to the view's gradient: for the row mean, the view's
+    repulsion divided by the number of rows, on every row.
+    """
     if particles.shape != scores.shape:
         raise ValueError(f"particles {tuple(particles.shape)} and scores {tuple(scores.shape)} differ")
+    if view not in KERNEL_VIEWS:
+        raise ValueError(f"unknown kernel view {view!r} (choose {', '.join(KERNEL_VIEWS)})")
     m = particles.shape[0]
-    sq = pairwise_sq_dists(particles)
+    seen = particles if view == "flat" else particles.reshape(m, particles.shape[1], -1).mean(1)
+    sq = pairwise_sq_dists(seen)
     h = median_bandwidth(sq) if bandwidth is None else float(bandwidth)
     if not h > 0:
         raise ValueError(f"bandwidth must be positive, got {h}")
     k = rbf_kernel(sq, h)  # symmetric: k[j, i] = k(x_j, x_i)
-    x = particles.reshape(m, -1).to(torch.float64)
+    x = seen.reshape(m, -1).to(torch.float64)
     s = scores.reshape(m, -1).to(torch.float64)
     drive = k.T @ s / m
     # grad_{x_j} exp(-||x_j - x_i||^2 / h) = -(2/h) (x_j - x_i) k_ji; summed over j this is
     # (2/h) (x_i sum_j k_ji - sum_j k_ji x_j).
     repulse = (2.0 / (h * m)) * (k.sum(0)[:, None] * x - k.T @ x)
+    if view == "row-mean":  # back through the mean: 1/rows of the view's gradient on every row
+        rows = particles.shape[1]
+        repulse = (repulse / rows)[:, None, :].expand(m, rows, repulse.shape[1])
     shape, dtype = particles.shape, particles.dtype
     return SVGDTerms(drive.reshape(shape).to(dtype), repulse.reshape(shape).to(dtype), h, k, sq)
 
