@@ -1,23 +1,31 @@
-"""The demo runner on a tiny model with a tiny budget (the real one runs SmolLM2; see README)."""
+"""The demo runner on a tiny model with a tiny budget (the real one runs SmolLM2; see README): real data from
+a data folder, and the generated tasks when no data can be read."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+import bmtpt.demo as demo
 from bmtpt.cli import main
 from bmtpt.demo import METHODS, QUICK, DemoConfig, run_demo
 from bmtpt.errors import BmtptError
 
-TINY = replace(QUICK, source_steps=2, target_steps=2, eval_every=2, eval_examples=8, prompt_length=4)
+DATA = Path(__file__).parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not (DATA / "MANIFEST.md").is_file(), reason=f"benchmark files not found at {DATA}")
+
+TINY = replace(QUICK, source_steps=2, target_steps=2, eval_every=2, dev_examples=8, test_examples=8, prompt_length=4)
 
 
 @pytest.fixture(scope="module")
 def demo_run(tiny_dirs, tmp_path_factory):
+    if not (DATA / "MANIFEST.md").is_file():
+        pytest.skip(f"benchmark files not found at {DATA}")
     out = tmp_path_factory.mktemp("demo") / "run"
-    cfg = DemoConfig(out=str(out), model=str(tiny_dirs["llama"]), progress=False)
+    cfg = DemoConfig(out=str(out), model=str(tiny_dirs["llama"]), progress=False, data_dir=str(DATA))
     return out, cfg, run_demo(cfg, TINY)
 
 
@@ -36,7 +44,7 @@ def test_results_are_keyed_by_method_with_every_target(demo_run):
 
 def test_source_compute_is_counted_per_method(demo_run):
     _, _, results = demo_run
-    rows = TINY.per_task_batch * 4  # four synth source tasks
+    rows = TINY.per_task_batch * 3  # sst2, subj, trec
     assert results["pt"]["source_example_passes"] == 0
     assert results["avg"]["source_example_passes"] == TINY.source_steps * rows  # each row seen by one prompt
     assert results["bmtpt"]["source_example_passes"] == TINY.source_steps * rows * TINY.particles
@@ -50,7 +58,7 @@ def test_table_and_run_folders_are_written(demo_run):
     run = json.loads((out / "run.json").read_text())
     assert run["machine"]["cores"] >= 1 and run["timings_s"]["total_s"] > 0
     for method in METHODS:
-        assert (out / "target" / f"synth-product-{method}" / "prompt.safetensors").is_file()
+        assert (out / "target" / f"mr-{method}" / "prompt.safetensors").is_file()
     assert (out / "source-svgd" / "particles.safetensors").is_file()
 
 
@@ -69,3 +77,54 @@ def test_unfinished_demo_is_refused_without_overwrite(tmp_path):
     (tmp_path / "source-svgd").mkdir()
     with pytest.raises(BmtptError, match="unfinished demo"):
         run_demo(DemoConfig(out=str(tmp_path)), TINY)
+
+
+def test_real_data_results_record_test_counts_and_intervals(demo_run):
+    """Each target records how many test examples it was scored on; each score's 95 % interval (a bootstrap
+    over those examples) holds the score, and the paired difference to pt is that of the two scores."""
+    out, _, results = demo_run
+    run = json.loads((out / "run.json").read_text())
+    assert run["real_data"] is True and str(DATA) in run["data"] and run["source_tasks"] == ["sst2", "subj", "trec"]
+    for r in results.values():
+        t = r["tasks"]["mr"]
+        assert t["test_examples"] == 8 and t["test_ci95"][0] <= t["test"] <= t["test_ci95"][1]
+    d = results["bmtpt"]["minus_pt_ci95"]["mr"]
+    assert d[0] == pytest.approx(results["bmtpt"]["tasks"]["mr"]["test"] - results["pt"]["tasks"]["mr"]["test"])
+    table = (out / "results.md").read_text()
+    assert f"local files in {DATA}" in table and "95 %" in table and "generated toy tasks" not in table
+
+
+def test_without_data_or_hub_the_demo_says_it_uses_the_generated_tasks(tiny_dirs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "SHARED_DATA", (tmp_path / "nowhere",))
+    monkeypatch.setattr(demo, "hub_reachable", lambda timeout=3.0: False)
+    cfg = DemoConfig(out=str(tmp_path / "run"), model=str(tiny_dirs["llama"]), progress=False)
+    results = run_demo(cfg, TINY)
+    assert list(results["pt"]["tasks"]) == ["synth-product"]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["real_data"] is False and run["source_tasks"][0].startswith("synth-")
+    assert "generated toy tasks" in (tmp_path / "run" / "results.md").read_text()
+    assert "[demo] data: the generated synth-* tasks" in capsys.readouterr().out
+
+
+@needs_data
+def test_shared_data_beside_the_project_is_found(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo, "SHARED_DATA", (tmp_path / "nowhere", DATA))
+    monkeypatch.setattr(demo, "hub_reachable", lambda timeout=3.0: pytest.fail("the hub must not be tried"))
+    sizes, data_dir, where, real = demo.choose_data(DemoConfig(out=str(tmp_path / "o")), TINY)
+    assert real and data_dir == str(DATA) and sizes.targets == ("mr",)
+
+
+def test_the_hub_is_used_when_no_files_are_found(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo, "SHARED_DATA", (tmp_path / "nowhere",))
+    monkeypatch.setattr(demo, "hub_reachable", lambda timeout=3.0: True)
+    _, data_dir, where, real = demo.choose_data(DemoConfig(out=str(tmp_path / "o")), TINY)
+    assert real and data_dir is None and where == "the Hugging Face hub"
+
+
+def test_a_data_dir_without_the_files_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["demo", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "empty"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lacks the demo's files" in err[0] and not (tmp_path / "o").exists()
+    assert main(["demo", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err

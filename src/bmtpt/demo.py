@@ -1,41 +1,57 @@
-"""The offline demo: SmolLM2-135M, the generated synth suite, and the three methods side by side.
+"""The demo a newcomer runs first: SmolLM2-135M, real short-text tasks, three methods side by side.
 
     pt     prompt tuning on the target from a vocabulary-sampled prompt (no source knowledge)
     avg    one prompt per source task (trained independently), averaged into the target's start
     bmtpt  M particles by SVGD over all source tasks; the target starts at their mean with their
-           kernel density as prior
+           density as prior
 
-Every method sees the same target data and steps, and the two source stages see the same source
-examples per task. The sizes are chosen to fit 2 CPU cores (a 135M-parameter model runs only about
-80 tokens/s forward+backward in fp32 there): an 8-token prompt, 3 particles and a few dozen steps.
-That is far below the paper's budget, so the scores are a smoke test of the whole pipeline on a real
-pretrained model, not a replication; `results.md` says so next to the numbers.
+Sources SST-2 (sentiment), SUBJ and TREC; targets MR (movie-review sentiment: related to SST-2) and SICK
+(entailment: related to no source), 16-shot, as in the powered benchmark (benchmarks/configs/
+cpu-transfer.yaml). Every target is scored on at least 500 test examples and every score comes with its
+95 % bootstrap interval over those examples, so a difference the table shows is one the data support.
+
+Data: --data-dir when given, else `../shared/data` beside the project when it is there, else the Hugging
+Face hub (the task loaders' own hub path, when the hub can be reached), else the generated `synth-*` suite,
+which the output then says plainly. The sizes fit 2 CPU cores (15 minutes; --quick 3): an 8-token prompt,
+3 particles, a few dozen steps: far below the paper's budget.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .config import SourceConfig, TargetConfig, opt
 from .errors import BmtptError
-from .synth import SOURCE_TASKS, TARGET_TASKS
+from .synth import SOURCE_TASKS as SYNTH_SOURCES
+from .synth import TARGET_TASKS as SYNTH_TARGETS
 
 METHODS = ("pt", "avg", "bmtpt")
 RUN_DIRS = ("source-svgd", "source-independent", "target")
+SOURCES = ("sst2", "subj", "trec")
+TARGETS = ("mr", "sick")
+# where the benchmark files are looked for when --data-dir is not given: beside the current folder (the README
+# runs the demo from the repository root) and beside the repository this module lives in
+SHARED_DATA = (Path("..") / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data")
+HUB_HOST = "huggingface.co"
 
 
 @dataclass
 class DemoConfig:
-    """`bmtpt demo`: the whole method offline on SmolLM2-135M and the generated synth-* tasks."""
+    """`bmtpt demo`: the whole method on SmolLM2-135M and real short-text tasks (generated ones without data)."""
 
     out: str = opt("./bmtpt-demo", "output folder (results.json, results.md and one folder per run)")
-    quick: bool = opt(False, "a smaller run: one target task, fewer steps (at most 3 minutes on 2 CPU cores)")
+    quick: bool = opt(False, "a smaller run: one target task, fewer steps and test examples (at most 3 minutes on "
+                      "2 CPU cores; its intervals are wide)")
     model: str = opt("smollm2-135m", "backbone (any causal or seq2seq LM works; the demo's sizes suit SmolLM2)")
-    seed: int = opt(0, "random seed (data order, prompt init)")
+    data_dir: str | None = opt(None, "folder of the benchmark files (default: ../shared/data when present, else "
+                               "the Hugging Face hub, else the generated synth-* tasks)")
+    seed: int = opt(0, "random seed (data order, prompt init, the 16-shot draw)")
     device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda")
     precision: str = opt("fp32", "autocast precision (bf16 is slow on CPUs without AVX-512 BF16)",
                          ("fp32", "bf16", "fp16"))
@@ -46,6 +62,8 @@ class DemoConfig:
         """Raise BmtptError on values that cannot work."""
         if not self.out:
             raise BmtptError("--out must not be empty")
+        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
+            raise BmtptError(f"--data-dir {self.data_dir} does not exist")
 
 
 @dataclass(frozen=True)
@@ -56,27 +74,74 @@ class DemoSizes:
     source_steps: int
     target_steps: int
     eval_every: int
-    eval_examples: int  # dev and test are each subsampled (seeded) to this many
+    dev_examples: int  # dev is subsampled (fixed seed) to this many; it picks the best step
+    test_examples: int  # the test sample every method is scored on
+    sources: tuple[str, ...] = SOURCES
+    shots: int | None = 16  # k training examples per target (labels taken in turn); None: the whole train split
     prompt_length: int = 8
     particles: int = 3
     per_task_batch: int = 2  # source examples per task and step (both source stages)
     target_batch: int = 8
-    lr: float = 0.03  # Adam; SmolLM2's embeddings have std ~0.13, so T5's 0.3 would overshoot
-    prior_weight: float = 1.0
+    lr: float = 0.03  # Adam, as chosen on dev for the benchmark (benchmarks/results/cpu-transfer/README.md)
+    train_eval_examples: int = 16
     # both source stages start every prompt from one shared vocabulary draw plus small noise, so that
     # the particles' (and the per-task prompts') mean is itself a natural prompt (see README)
     source_init: str = "vocab-shared:0.25"
 
 
-FULL = DemoSizes(targets=tuple(TARGET_TASKS), source_steps=24, target_steps=16, eval_every=16,
-                 eval_examples=32)
-QUICK = DemoSizes(targets=tuple(TARGET_TASKS)[:1], source_steps=4, target_steps=4, eval_every=4,
-                  eval_examples=16)
+FULL = DemoSizes(targets=TARGETS, source_steps=30, target_steps=20, eval_every=10, dev_examples=64,
+                 test_examples=500)
+QUICK = DemoSizes(targets=TARGETS[:1], source_steps=6, target_steps=8, eval_every=8, dev_examples=32,
+                  test_examples=150)
+# without real data: the generated suite (its splits are small, so all of a split is scored)
+SYNTH_FULL = DemoSizes(targets=tuple(SYNTH_TARGETS), sources=tuple(SYNTH_SOURCES), source_steps=24,
+                       target_steps=16, eval_every=16, dev_examples=32, test_examples=400, shots=None)
+SYNTH_QUICK = DemoSizes(targets=tuple(SYNTH_TARGETS)[:1], sources=tuple(SYNTH_SOURCES), source_steps=4,
+                        target_steps=4, eval_every=4, dev_examples=16, test_examples=100, shots=None)
 
 
-def _common(cfg: DemoConfig, sizes: DemoSizes, out: Path) -> dict:
-    return {"model": cfg.model, "out": str(out), "prompt_length": sizes.prompt_length, "lr": sizes.lr,
-            "optimizer": "adam", "weight_decay": 0.0, "max_input_tokens": 64, "max_target_tokens": 4,
+def find_data(data_dir: str | None, tasks: tuple[str, ...]) -> tuple[str | None, str] | None:
+    """Where the demo's real tasks come from: (data dir or None for the hub, a description), or None when
+    neither local files nor the hub can be read (the caller falls back to the generated tasks)."""
+    from .suites.readers import MissingDataFile
+    from .tasks import get_task
+
+    def readable(folder: Path) -> bool:
+        try:
+            for name in tasks:
+                for split in ("train", "dev", "test"):
+                    get_task(name).load(split, str(folder))
+        except MissingDataFile:
+            return False
+        return True
+
+    if data_dir is not None:  # given: it must hold the files
+        folder = Path(data_dir).expanduser()
+        if not readable(folder):
+            raise BmtptError(f"--data-dir {data_dir} lacks the demo's files ({', '.join(tasks)}; see docs/tasks.md)")
+        return str(folder), f"local files in {folder}"
+    for folder in SHARED_DATA:
+        if (folder / "MANIFEST.md").is_file() and readable(folder):
+            return str(folder), f"local files in {folder}"
+    if hub_reachable():
+        return None, "the Hugging Face hub"
+    return None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face hub answers (or the datasets cache is to be used offline)."""
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _common(cfg: DemoConfig, sizes: DemoSizes, out: Path, data_dir: str | None) -> dict:
+    return {"model": cfg.model, "out": str(out), "data_dir": data_dir, "prompt_length": sizes.prompt_length,
+            "lr": sizes.lr, "optimizer": "adam", "weight_decay": 0.0, "max_input_tokens": 64, "max_target_tokens": 4,
             "precision": cfg.precision, "device": cfg.device, "seed": cfg.seed, "overwrite": cfg.overwrite,
             "progress": cfg.progress, "log_every": 1}
 
@@ -96,6 +161,22 @@ def _check_out(cfg: DemoConfig) -> Path:
     return out
 
 
+def choose_data(cfg: DemoConfig, sizes: DemoSizes | None) -> tuple[DemoSizes, str | None, str, bool]:
+    """(sizes, data dir, where the data come from, real?): real tasks when they can be read, else synth-*."""
+    real = sizes or (QUICK if cfg.quick else FULL)
+    found = find_data(cfg.data_dir, (*real.sources, *real.targets))
+    if found is not None:
+        return real, found[0], found[1], True
+    if sizes is not None:  # the same budget on the generated tasks
+        synth = replace(sizes, sources=tuple(SYNTH_SOURCES), targets=tuple(SYNTH_TARGETS)[: len(sizes.targets)],
+                        shots=None)
+    else:
+        synth = SYNTH_QUICK if cfg.quick else SYNTH_FULL
+    return synth, None, (
+        "the generated synth-* tasks: no benchmark files were found (--data-dir, ../shared/data) and the Hugging "
+        "Face hub cannot be reached"), False
+
+
 def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
     """Run the demo; write results.json (keyed by method), results.md and run.json into cfg.out.
 
@@ -108,8 +189,9 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
     from .target import run_target
 
     cfg.validate()
-    sizes = sizes or (QUICK if cfg.quick else FULL)
     out = _check_out(cfg)
+    sizes, data_dir, where, real = choose_data(cfg, sizes)
+    print(f"[demo] data: {where}")
     device = resolve_device(cfg.device)
     t0 = time.time()
     print(f"[demo] loading {cfg.model} (the first load converts the GGUF file, ~1 min; later loads use a cache)")
@@ -119,54 +201,86 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
     for name in ("results.json", "results.md", "run.json"):  # --overwrite: never leave old and new mixed
         (out / name).unlink(missing_ok=True)
 
-    sources = ",".join(SOURCE_TASKS)
+    sources = ",".join(sizes.sources)
     src_common = {"tasks": sources, "steps": sizes.source_steps, "mixing": "equal", "init": sizes.source_init,
-                  "batch_size": sizes.per_task_batch * len(SOURCE_TASKS)}
+                  "batch_size": sizes.per_task_batch * len(sizes.sources), "final_eval_examples": 0,
+                  "max_train_examples": 2000}  # a source stage sees steps x per-task batch of them; tokenise no more
     t = time.time()
     print(f"[demo] source stage, bmtpt: SVGD with {sizes.particles} particles over {sources}")
-    svgd = run_source(SourceConfig(**_common(cfg, sizes, out / "source-svgd"), **src_common, method="svgd",
-                                   particles=sizes.particles), model, tokenizer)
+    svgd = run_source(SourceConfig(**_common(cfg, sizes, out / "source-svgd", data_dir), **src_common,
+                                   method="svgd", particles=sizes.particles), model, tokenizer)
     timings["source_svgd_s"] = time.time() - t
     t = time.time()
     print("[demo] source stage, avg: one prompt per source task, trained independently")
-    indep = run_source(SourceConfig(**_common(cfg, sizes, out / "source-independent"), **src_common,
-                                    method="independent", particles=len(SOURCE_TASKS)), model, tokenizer)
+    indep = run_source(SourceConfig(**_common(cfg, sizes, out / "source-independent", data_dir), **src_common,
+                                    method="independent", particles=len(sizes.sources)), model, tokenizer)
     timings["source_independent_s"] = time.time() - t
     posterior = {"pt": None, "avg": indep, "bmtpt": svgd}
 
     results: dict = {m: {"tasks": {}} for m in METHODS}
+    correct: dict = {}
     for task in sizes.targets:
         for method in METHODS:
             t = time.time()
             print(f"[demo] target {task}, method {method}")
             src = posterior[method]
-            tcfg = TargetConfig(**_common(cfg, sizes, out / "target" / f"{task}-{method}"), task=task,
+            tcfg = TargetConfig(**_common(cfg, sizes, out / "target" / f"{task}-{method}", data_dir), task=task,
                                 method=method, posterior=str(src.out) if src else None, steps=sizes.target_steps,
-                                batch_size=sizes.target_batch, eval_every=sizes.eval_every,
-                                max_eval_examples=sizes.eval_examples, prior_weight=sizes.prior_weight,
-                                eval_batch_size=32)
+                                batch_size=sizes.target_batch, eval_every=sizes.eval_every, shots=sizes.shots,
+                                max_dev_examples=sizes.dev_examples, max_eval_examples=sizes.test_examples,
+                                train_eval_examples=sizes.train_eval_examples, eval_batch_size=32)
             res = run_target(tcfg, model, tokenizer)
+            correct[(method, task)] = json.loads((res.out / "predictions-test.json").read_text())["correct"]
             results[method]["tasks"][task] = {"test": res.metrics["test"]["score"],
                                               "dev": res.metrics["dev"]["score"],
                                               "dev_at_start": _dev_at_start(res.out),
-                                              "best_step": res.metrics["best_step"]}
+                                              "best_step": res.metrics["best_step"],
+                                              "test_examples": res.metrics["test_examples"],
+                                              "dev_examples": res.metrics["dev_examples"]}
             timings[f"target_{task}_{method}_s"] = time.time() - t
+    intervals = _intervals(correct, sizes.targets)
     for method in METHODS:
         r = results[method]
+        for task in sizes.targets:
+            r["tasks"][task]["test_ci95"] = intervals[method][task]
         r["average_test"] = sum(v["test"] for v in r["tasks"].values()) / len(r["tasks"])
+        r["average_test_ci95"] = intervals[method]["average"]
+        r["minus_pt_ci95"] = intervals.get(f"{method}-pt")
         r["source_example_passes"] = posterior[method].info["compute"]["example_passes"] if posterior[method] else 0
         r["trainable_parameters_per_target"] = sizes.prompt_length * svgd.particles.shape[2]
     timings["total_s"] = time.time() - t0
 
     atomic_write_json(results, out / "results.json")
-    run_info = {"config": asdict(cfg), "sizes": asdict(sizes), "source_tasks": list(SOURCE_TASKS),
-                "timings_s": {k: round(v, 1) for k, v in timings.items()}, "machine": machine_description()}
+    run_info = {"config": asdict(cfg), "sizes": asdict(sizes), "source_tasks": list(sizes.sources),
+                "data": where, "real_data": real, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+                "machine": machine_description()}
     atomic_write_json(run_info, out / "run.json")
-    table = results_table(results, sizes, cfg.model)
+    table = results_table(results, sizes, cfg.model, where, real, cfg.quick)
     (out / "results.md").write_text(table)
     print("\n" + table)
     print(f"[demo] done in {timings['total_s']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'}")
     return results
+
+
+def _intervals(correct: dict, targets: tuple[str, ...]) -> dict:
+    """95 % bootstrap intervals over the test examples: each method per target and on the average, and each
+    method's paired difference to pt ('avg-pt', 'bmtpt-pt': per target and average)."""
+    import numpy as np
+
+    from .stats import bootstrap, intervals, point
+
+    cells = {m: {t: {0: 100.0 * np.asarray(correct[(m, t)], dtype=float)} for t in targets} for m in METHODS}
+    reps = bootstrap(cells, list(targets), n_boot=2000)
+    est = {m: point(cells[m], list(targets)) for m in METHODS}
+    out: dict = {}
+    for m in METHODS:
+        ivs = intervals(est[m], reps[m])
+        out[m] = {**{t: [ivs[i].lo, ivs[i].hi] for i, t in enumerate(targets)}, "average": [ivs[-1].lo, ivs[-1].hi]}
+        if m != "pt":
+            d = intervals(est[m] - est["pt"], reps[m] - reps["pt"])
+            out[f"{m}-pt"] = {**{t: [d[i].mean, d[i].lo, d[i].hi] for i, t in enumerate(targets)},
+                              "average": [d[-1].mean, d[-1].lo, d[-1].hi]}
+    return out
 
 
 def _dev_at_start(run_dir: Path) -> float | None:
@@ -178,23 +292,35 @@ def _dev_at_start(run_dir: Path) -> float | None:
     return None
 
 
-def results_table(results: dict, sizes: DemoSizes, model: str = "smollm2-135m") -> str:
-    """The markdown table of target test scores per method (plus dev at step 0 and source compute)."""
+def results_table(results: dict, sizes: DemoSizes, model: str = "smollm2-135m", where: str = "",
+                  real: bool = True, quick: bool = False) -> str:
+    """The markdown table: test accuracy [95 % interval] per target and method, the difference to pt, the
+    dev score of the starting prompt (what transfer alone gives) and the source compute."""
     tasks = list(next(iter(results.values()))["tasks"])
-    head = ["method", *[f"{t} (test acc)" for t in tasks], "average", *[f"{t} dev at step 0" for t in tasks],
-            "source example passes"]
+    head = ["method", *[f"{t} test acc [95 % CI]" for t in tasks], "average", "minus pt (average)",
+            *[f"{t} dev at step 0" for t in tasks], "source example passes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, r in results.items():
-        cells = [f"`{method}`", *[f"{r['tasks'][t]['test']:.1f}" for t in tasks], f"{r['average_test']:.1f}",
+        ci = lambda v, c: f"{v:.1f} [{c[0]:.1f}, {c[1]:.1f}]"  # noqa: E731
+        diff = r.get("minus_pt_ci95")
+        cells = [f"`{method}`", *[ci(r["tasks"][t]["test"], r["tasks"][t]["test_ci95"]) for t in tasks],
+                 ci(r["average_test"], r["average_test_ci95"]),
+                 f"{diff['average'][0]:+.1f} [{diff['average'][1]:+.1f}, {diff['average'][2]:+.1f}]" if diff else "—",
                  *[_fmt(r["tasks"][t]["dev_at_start"]) for t in tasks], f"{r['source_example_passes']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
-    note = (f"\nBackbone {model} (frozen), prompt length {sizes.prompt_length}, {sizes.particles} SVGD particles, "
-            f"{sizes.source_steps} source steps ({sizes.per_task_batch} examples per task and step), "
-            f"{sizes.target_steps} target steps of {sizes.target_batch} examples, accuracy on "
-            f"{sizes.eval_examples} test and {sizes.eval_examples} dev examples (best dev step kept). A budget this "
-            "small is a smoke test of the pipeline on a real model, not a replication of the paper: with "
-            f"{sizes.eval_examples} test examples one example is {100 / sizes.eval_examples:.1f} points.\n")
-    return "\n".join(lines) + "\n" + note
+    n_test = {r["tasks"][t]["test_examples"] for r in results.values() for t in tasks}
+    note = [f"\nData: {where}." + ("" if real else " **These are generated toy tasks, not benchmark data.**"),
+            f"Backbone {model} (frozen), prompt length {sizes.prompt_length}, {sizes.particles} SVGD particles over "
+            f"{', '.join(sizes.sources)}, {sizes.source_steps} source steps ({sizes.per_task_batch} examples per task "
+            f"and step), {sizes.target_steps} target steps of {sizes.target_batch} examples "
+            f"({f'{sizes.shots}-shot' if sizes.shots else 'whole training splits'}), seed 0. Test accuracy on "
+            f"{', '.join(map(str, sorted(n_test)))} examples per target (the same examples for every method), with "
+            "its 95 % bootstrap interval over those examples; the best of the dev evaluations is tested.",
+            "The interval is over test examples for this one seed: it does not cover the variation between seeds "
+            "(benchmarks/configs/cpu-transfer.yaml measures that). A budget this small shows the pipeline on a real "
+            "model, not the paper's numbers." + (" This is the quick run: few steps and test examples, so its "
+                                                  "intervals are wide." if quick else "")]
+    return "\n".join(lines) + "\n" + "\n".join(note) + "\n"
 
 
 def _fmt(x: float | None) -> str:
