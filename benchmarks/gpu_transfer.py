@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """The powered transfer benchmark (benchmarks/configs/cpu-transfer.yaml) scaled up for one GPU.
 
-Same design as the CPU grid: sources SST-2, SNLI and TREC; targets MR, SICK and SUBJ; pt and bmtpt on
+Same design as the CPU grid: sources SST-2, SUBJ and TREC; targets MR, CR and SICK; pt and bmtpt on
 the full training sets and 16-shot, avg, SPoT, MPT and the two bmtpt ablations 16-shot only; seeds 0, 1, 2:
 81 cells and 3 source stages. Scaled for one GPU: SmolLM2-135M's real weights in bf16, a longer prompt,
-larger batches, more source steps, full test sets (MR and SUBJ 2,000 examples, SICK 4,906) and a larger
+larger batches, more source steps, full test sets (MR 2,000 examples, CR 1,999, SICK 4,906) and a larger
 evaluation batch. Before anything runs, the script prints the GPU time it expects, worked out from unit
 costs measured on one H200 (the constants below, each naming its source), and refuses to start when that
 exceeds --budget-min (exit status 2; --force runs anyway).
@@ -68,10 +68,10 @@ EVAL_TOKEN_S = 1.5e-6
 # tokenises its examples again; every run tokenises its training set once. The H200 host is assumed no slower.
 TOKENIZE_S = 0.17e-3
 # Tokens of a row besides the prompt. Measured with SmolLM2's tokenizer (as above): inputs average 26-32
-# tokens on MR, SICK, SUBJ, SST-2 and SNLI (12 on TREC), the longest reach the 64-token cap. A training
+# tokens on MR, CR, SICK, SUBJ and SST-2 (12 on TREC), the longest reach the 64-token cap. A training
 # batch is drawn at random, so it is padded to its longest input: the cap is charged. An evaluation batch
 # is sorted by length and pads little: the mean is charged, rounded up. Targets: BOS + one label token
-# (SNLI's yes/maybe/no labels are one token each).
+# (SICK's yes/maybe/no labels are one token each).
 TRAIN_INPUT_TOKENS = 64
 EVAL_INPUT_TOKENS = 32
 EXTRA_TOKENS = 2
@@ -119,7 +119,7 @@ GPU_SCALE = {
     "progress": False,
     "prompt_length": 16,               # CPU: 8
     "batch_size": 32,                  # CPU: 4
-    # caps SST-2 (66,349) and SNLI (8,842) only, never a target (MR 7,661, SUBJ 6,998, SICK 4,439): a source
+    # caps SST-2 (66,349) only, never a target (MR 7,661, SICK 4,439, CR 770): a source
     # stage draws <= 960 examples of a task in 120 steps, and tokenising 66k sentences costs ~11 s a stage
     "max_train_examples": 8000,
     "log_every": 2,

@@ -90,7 +90,7 @@ def test_gpu_config_scales_the_cpu_design(gt, tmp_path):
     assert all(c.target.eval_batch_size >= 256 and 8 <= c.target.prompt_length <= 20 for c in plan.cells)
     # the full test sets
     tests = {k.split("|")[1]: c["test_examples"] for k, c in gt.project(cfg)["cells"].items()}
-    assert tests == {"mr": 2000, "sick": 4906, "subj": 2000}
+    assert tests == {"mr": 2000, "cr": 1999, "sick": 4906}
 
 
 def test_default_projection_fits_eight_minutes(gt, capsys):
@@ -131,7 +131,7 @@ def test_tiny_run_end_to_end_on_the_cpu(gt, tmp_path, capsys):
     records = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
     assert len(records) == 27  # 9 (method, shots) settings x 3 targets, one seed
     assert {r["method"] for r in records} == {"pt", "avg", "bmtpt", "spot", "mpt", "bmtpt-noprior", "bmtpt-rank1"}
-    assert {r["task"] for r in records} == {"mr", "sick", "subj"}
+    assert {r["task"] for r in records} == {"mr", "cr", "sick"}
     t = json.loads((results / "timing.json").read_text())
     assert t["command"].startswith("python benchmarks/gpu_transfer.py --tiny")
     assert t["machine"]["gpu"] is None and t["measured"]["ran"] == 27 and t["measured"]["wall_s"] > 0
