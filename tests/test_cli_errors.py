@@ -54,8 +54,9 @@ def good_posterior(tmp_path) -> Path:
 
 
 def target_args(model, out, posterior) -> list:
+    """A target run on a posterior saved under another name of the same tiny model (hence the flag)."""
     return ["target", "--model", model, "--out", out, "--task", "synth-product", "--posterior", posterior,
-            "--steps", "2", "--eval-every", "1", *SMALL]
+            "--allow-other-backbone", "--steps", "2", "--eval-every", "1", *SMALL]
 
 
 # ----------------------------------------------------------------------------- names and numbers
@@ -116,6 +117,29 @@ def test_posterior_of_another_width(tmp_path, tiny_dirs, capsys):
                                                    "bandwidth": 1.0, "method": "svgd"})
     rc, err = run_cli(capsys, *target_args(tiny_dirs["llama"], tmp_path / "out", folder))
     assert_one_line_error(rc, err, "target", "16 wide", "embeds in 32", "other-model")
+    assert not (tmp_path / "out").exists()
+
+
+def test_posterior_of_another_backbone_is_refused_without_the_flag(tmp_path, tiny_dirs, capsys, good_posterior):
+    """Two backbones with 32-wide embeddings: the width check cannot tell them apart, the names can."""
+    folder = good_posterior  # trained on "tiny", by its posterior.json
+    args = [a for a in target_args(tiny_dirs["llama"], tmp_path / "out", folder) if a != "--allow-other-backbone"]
+    rc, err = run_cli(capsys, *args)
+    assert_one_line_error(rc, err, "target", "trained on backbone 'tiny'", str(tiny_dirs["llama"]),
+                          "--allow-other-backbone")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--method", "avg", "--prior-weight", "2"], "--prior-weight set the prior of --method bmtpt"),
+    (["--method", "pt", "--prior", "diag"], "--prior set the prior of --method bmtpt; --method pt has none"),
+    (["--particle-chunk", "2"], "--particle-chunk splits a source stage's particles"),
+])
+def test_options_a_target_method_does_not_use_are_refused(tmp_path, tiny_dirs, capsys, good_posterior, extra,
+                                                          fragment):
+    folder = good_posterior
+    rc, err = run_cli(capsys, *target_args(tiny_dirs["llama"], tmp_path / "out", folder), *extra)
+    assert_one_line_error(rc, err, "target", fragment)
     assert not (tmp_path / "out").exists()
 
 

@@ -125,3 +125,19 @@ def test_multirc_by_hand():
     assert multirc_exact_match([], []) == 0.0
     with pytest.raises(ValueError, match="QuestionLabel"):
         multirc_exact_match(["true"], ["true"])
+
+
+def test_macro_f1_averages_over_the_whole_label_set():
+    """A class absent from a small test set still counts (T5's mean_multiclass_f1): scikit-learn with labels=
+    every class; a task passes its verbalizers, so CB's score keeps its meaning on 28 examples."""
+    from bmtpt.tasks import Example, Task
+
+    refs = ["entailment", "entailment", "contradiction", "contradiction"]
+    preds = ["entailment", "neutral", "contradiction", "contradiction"]
+    labels = ["entailment", "contradiction", "neutral"]
+    want = 100 * skm.f1_score(refs, preds, labels=labels, average="macro", zero_division=0)
+    assert macro_f1(preds, refs, labels=labels) == pytest.approx(want)
+    assert macro_f1(preds, refs, labels=labels) != pytest.approx(
+        100 * skm.f1_score(refs, preds, labels=["entailment", "contradiction"], average="macro"))
+    task = Task("cb-like", loader=lambda *a: [], verbalizers=tuple(labels), metrics=("macro_f1",))
+    assert task.score(preds, [Example("x", r) for r in refs])["macro_f1"] == pytest.approx(want)

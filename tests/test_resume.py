@@ -339,7 +339,8 @@ def test_source_killed_by_sigkill_then_resumed_matches_an_uninterrupted_run(tmp_
 
 
 def test_target_killed_by_sigkill_then_resumed_matches_an_uninterrupted_run(tmp_path, tiny_dirs, posterior, capsys):
-    args = ["--model", tiny_dirs["llama"], "--task", "synth-product", "--posterior", posterior, "--rank-one",
+    args = ["--model", tiny_dirs["llama"], "--task", "synth-product", "--posterior", posterior,
+            "--allow-other-backbone", "--rank-one",
             "--prompt-length", "3", "--batch-size", "4", "--max-train-examples", "16", "--max-eval-examples", "8",
             "--steps", "40", "--eval-every", "3", "--log-every", "1", "--checkpoint-every", "4", "--lr", "0.5",
             "--device", "cpu", "--no-progress"]

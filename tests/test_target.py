@@ -181,8 +181,10 @@ def test_init_particle_k_starts_at_that_particle(tmp_path, tiny_llama, posterior
 def test_posterior_of_another_width_is_refused(tmp_path, tiny_llama):
     save_posterior(tmp_path, torch.randn(2, 4, 16), {"backbone": "other", "source_tasks": ["synth-animal"],
                                                       "bandwidth": 1.0, "method": "svgd"})
-    with pytest.raises(BmtptError, match="16 wide"):
+    with pytest.raises(BmtptError, match="trained on backbone 'other'"):
         run_target(_cfg(tmp_path, "bad", tmp_path), *tiny_llama)
+    with pytest.raises(BmtptError, match="16 wide"):  # even when told it is the same model under another name
+        run_target(_cfg(tmp_path, "bad", tmp_path, allow_other_backbone=True), *tiny_llama)
 
 
 @pytest.mark.parametrize("rank_one", [False, True])

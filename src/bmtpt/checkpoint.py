@@ -26,17 +26,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import Tensor
 
+from .config import result_neutral_options
 from .errors import BmtptError
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = 1
 META_KEY = "bmtpt_checkpoint"
 # Options that may change between an interrupted run and its resumption: they decide where and how
-# fast the run computes (or how it reports), not what it computes. The run folder and the posterior
-# may be spelled differently or moved (the target stage checks the posterior's content by its digest).
-RESUME_FREE_OPTIONS = ("out", "posterior", "resume", "overwrite", "progress", "device", "particle_chunk",
-                       "eval_batch_size", "checkpoint_every", "trust_remote_code", "gradient_checkpointing",
-                       "grad_accum", "compile")
+# fast the run computes (or how it reports), not what it computes (declared `neutral` in bmtpt.config, the
+# one list the experiment's cell hash uses too). The run folder and the posterior may be spelled
+# differently or moved (the target stage checks the posterior's content by its digest).
+RESUME_FREE_OPTIONS = result_neutral_options()
 
 
 @dataclass

@@ -12,7 +12,9 @@ from .errors import BmtptError
 
 
 def opt(default, help: str, choices: tuple | None = None, **kw):  # noqa: A002 - mirrors argparse
-    """A dataclass field carrying its command-line help text (and choices)."""
+    """A dataclass field carrying its command-line help text (and choices). `neutral=True` marks an option
+    that never changes a run's numbers (where it runs, how it is chunked, logged or checkpointed): a resumed
+    run may change it, and an experiment's cell hash leaves it out (`result_neutral_options`)."""
     return field(default=default, metadata={"help": help, "choices": choices, **kw})
 
 
@@ -21,7 +23,7 @@ class CommonConfig:
     """Options shared by the training commands."""
 
     model: str = opt("smollm2-135m", "backbone: hub id, local folder, .gguf file or the alias smollm2-135m")
-    out: str = opt("", "output run folder (required)")
+    out: str = opt("", "output run folder (required)", neutral=True)
     data_dir: str | None = opt(None, "folder of local benchmark files (default: the Hugging Face hub)")
     prompt_length: int = opt(100, "soft prompt length l (number of virtual tokens)")
     batch_size: int = opt(32, "examples per step (split across source tasks by --mixing)")
@@ -37,23 +39,28 @@ class CommonConfig:
                            "the tokenizer allows: the labels or the task's one-word alternatives such as yes/no; "
                            "seq2seq models keep the labels) or labels (always the task's labels)", ("auto", "labels"))
     precision: str = opt("fp32", "autocast precision of the backbone (prompts stay fp32)", ("fp32", "bf16", "fp16"))
-    device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    particle_chunk: int | None = opt(None, "evaluate at most this many prompts per forward pass (caps memory)")
+    device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...", neutral=True)
+    particle_chunk: int | None = opt(None, "evaluate at most this many prompts per forward pass (caps memory)",
+                                     neutral=True)
     gradient_checkpointing: bool = opt(False, "recompute the backbone's layers in the backward pass: less activation "
-                                       "memory for about a third more compute (see benchmarks/README.md)")
+                                       "memory for about a third more compute (see benchmarks/README.md)",
+                                       neutral=True)
     compile: bool = opt(False, "torch.compile the backbone's training forward (dynamic shapes; the first steps pay "
-                        "the compilation; needs a C++ compiler on a CPU; see benchmarks/README.md for its effect)")
+                        "the compilation; needs a C++ compiler on a CPU; see benchmarks/README.md for its effect)",
+                        neutral=True)
     grad_accum: int = opt(1, "gradient accumulation: run each step's --batch-size examples as N micro-batches, one "
-                          "after another, and sum their gradients (the same update; activations of 1/N of the batch)")
+                          "after another, and sum their gradients (the same update; activations of 1/N of the batch)",
+                          neutral=True)
     log_every: int = opt(10, "log losses every N steps to metrics.jsonl")
     seed: int = opt(0, "random seed (prompt init, data order)")
     trust_remote_code: bool = opt(False, "allow the backbone's own Python code from the hub to run")
     checkpoint_every: int = opt(100, "save a resumable checkpoint (prompts, optimiser, RNG and data position) "
-                                "every N steps and at the end to --out/checkpoint.safetensors")
+                                "every N steps and at the end to --out/checkpoint.safetensors", neutral=True)
     resume: bool = opt(False, "continue the killed or interrupted run in --out from its checkpoint; options not "
-                       "given are read from its config.yaml, and options that change results must not differ")
-    overwrite: bool = opt(False, "replace the results (and checkpoint) already in --out")
-    progress: bool = opt(True, "show progress bars")
+                       "given are read from its config.yaml, and options that change results must not differ",
+                       neutral=True)
+    overwrite: bool = opt(False, "replace the results (and checkpoint) already in --out", neutral=True)
+    progress: bool = opt(True, "show progress bars", neutral=True)
 
     def validate(self) -> None:
         """Raise BmtptError on values that cannot work."""
@@ -161,12 +168,18 @@ def parse_likelihood_scale(spec: str | float) -> str | float:
     return v
 
 
+PRIOR_OPTIONS = ("prior_weight", "prior", "prior_weight_rule", "prior_bandwidth", "prior_bandwidth_scale",
+                 "prior_bandwidth_from")
+
+
 @dataclass
 class TargetConfig(CommonConfig):
     """`bmtpt target`: train a target prompt by MAP with the source posterior as prior."""
 
     task: str = opt("", "target task (required)")
-    posterior: str | None = opt(None, "output folder of `bmtpt source` (required unless --method pt)")
+    allow_other_backbone: bool = opt(False, "accept a posterior trained on another backbone of the same embedding "
+                                     "width (its prompts mean something else there; refused by default)")
+    posterior: str | None = opt(None, "output folder of `bmtpt source` (required unless --method pt)", neutral=True)
     method: str = opt("bmtpt", "bmtpt: init from the particles + prior; avg: init from the particle mean, no "
                       "prior; pt: prompt tuning from scratch", ("bmtpt", "avg", "pt"))
     steps: int = opt(500, "optimisation steps")
@@ -200,7 +213,7 @@ class TargetConfig(CommonConfig):
     max_dev_examples: int | None = opt(None, "dev examples used to pick the best step (default: --max-eval-examples)")
     eval_mode: str = opt("rank", "rank: rank classification for classification tasks; generate: decode",
                          ("rank", "generate"))
-    eval_batch_size: int = opt(32, "rows per forward pass when evaluating")
+    eval_batch_size: int = opt(32, "rows per forward pass when evaluating", neutral=True)
 
     def validate(self) -> None:
         """Raise BmtptError on values that cannot work."""
@@ -226,6 +239,19 @@ class TargetConfig(CommonConfig):
             raise BmtptError(f"--prior-weight must be non-negative, got {self.prior_weight}")
         if not self.lr_factor > 0:
             raise BmtptError(f"--lr-factor must be positive, got {self.lr_factor}")
+        if self.method != "bmtpt":  # only bmtpt has a prior: its options would be accepted and ignored
+            given = [f"--{f.name.replace('_', '-')}" for f in fields(self)
+                     if f.name in PRIOR_OPTIONS and getattr(self, f.name) != f.default]
+            if given:
+                raise BmtptError(f"{', '.join(given)} set the prior of --method bmtpt; --method {self.method} has none")
+        if self.particle_chunk is not None:
+            raise BmtptError("--particle-chunk splits a source stage's particles; a target run trains one prompt")
+
+
+def result_neutral_options() -> frozenset[str]:
+    """The options of `bmtpt source` / `bmtpt target` declared `neutral`: one list for the resume check and
+    the experiment cell hash."""
+    return frozenset(f.name for cls in (SourceConfig, TargetConfig) for f in fields(cls) if f.metadata.get("neutral"))
 
 
 def config_fields(cls) -> list:

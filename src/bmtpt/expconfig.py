@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from .baselines import MptConfig
-from .config import CommonConfig, SourceConfig, TargetConfig
+from .config import PRIOR_OPTIONS, CommonConfig, SourceConfig, TargetConfig, result_neutral_options
 from .errors import BmtptError
 from .tasks import Task, get_task, register
 
@@ -40,8 +40,8 @@ SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceConfig)} - RUN_KEYS - {"
 TARGET_KEYS = {f.name for f in dataclasses.fields(TargetConfig)} - RUN_KEYS - {"task", "posterior", "method"}
 MPT_KEYS = {"lr_factor", "factor_init"}
 SPOT_DEFAULTS = {"steps": 20, "pool": "flat"}
-# options that do not change a run's numbers
-HASH_SKIP = ("out", "posterior", "progress", "overwrite", "resume", "checkpoint_every", "device")
+# options that do not change a run's numbers (declared once, in bmtpt.config; the resume check uses them too)
+HASH_SKIP = result_neutral_options()
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -401,9 +401,12 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
                     continue  # the method runs in other few-shot settings only
                 stage = stage_of[spec.name]
                 for task in exp.targets:
-                    values = {**run, **exp.common, **exp.target, **spec.overrides["target"],
-                              **FIXED_TARGET[spec.base], "task": task, "seed": seed,
-                              "posterior": str(stage.cfg.out) if stage else None}
+                    # options of the global sections that this method does not use (a target run trains one
+                    # prompt; only bmtpt has a prior) are left out; in a method's own overrides they are refused
+                    unused = {"particle_chunk", *(PRIOR_OPTIONS if spec.base != "bmtpt" else ())}
+                    shared = {k: v for k, v in {**exp.common, **exp.target}.items() if k not in unused}
+                    values = {**run, **shared, **spec.overrides["target"], **FIXED_TARGET[spec.base], "task": task,
+                              "seed": seed, "posterior": str(stage.cfg.out) if stage else None}
                     borrowed = None
                     if values.get("prior_bandwidth_from") in names:  # a method of the grid: its stage's folder
                         borrowed = stage_of[values["prior_bandwidth_from"]]

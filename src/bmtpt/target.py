@@ -135,6 +135,10 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     particles, meta, digest = (None, {}, None)
     if cfg.posterior and cfg.method != "pt":
         particles, meta = load_posterior(cfg.posterior)
+        if meta.get("backbone") != cfg.model and not cfg.allow_other_backbone:
+            raise BmtptError(f"the posterior in {cfg.posterior} was trained on backbone {meta.get('backbone')!r}, this "
+                             f"run uses {cfg.model!r}: prompts do not carry over between models (pass "
+                             "--allow-other-backbone if they are the same model under two names)")
         folder = Path(cfg.posterior).expanduser()  # the prior is the particles and posterior.json's bandwidth
         digest = file_digest(folder / "particles.safetensors", folder / "posterior.json")
     check_run_dir(cfg)

@@ -135,7 +135,13 @@ class Task:
 
         preds = [self.postprocess(p) if self.postprocess else p for p in predictions]
         refs = [e.ref for e in examples]
-        return {m: float(METRICS[m](preds, refs, **self.metric_kwargs.get(m, {}))) for m in self.metrics}
+        out = {}
+        for m in self.metrics:
+            kw = dict(self.metric_kwargs.get(m, {}))
+            if m == "macro_f1" and self.verbalizers:  # every class of the task, present in this split or not
+                kw.setdefault("labels", list(self.verbalizers))
+            out[m] = float(METRICS[m](preds, refs, **kw))
+        return out
 
 
 _REGISTRY: dict[str, Task] = {}
