@@ -23,6 +23,7 @@ from .bench import SpeedConfig, cmd_bench
 from .config import EvalConfig, ExportConfig, SourceConfig, TargetConfig, TinyConfig
 from .demo import DemoConfig
 from .errors import BmtptError
+from .predict import PredictConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,6 +144,16 @@ def cmd_eval(cfg: EvalConfig) -> int:
     return 0
 
 
+def cmd_predict(cfg: PredictConfig) -> int:
+    """Predict with a trained prompt: one JSONL line per input."""
+    from .predict import run_predict
+
+    results = run_predict(cfg)
+    if cfg.output != "-":
+        print(f"wrote {len(results)} predictions to {cfg.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_tiny(cfg: TinyConfig) -> int:
     """Write a tiny random-weight model."""
     from .tiny import save_tiny
@@ -175,8 +186,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     """Print the registered tasks: split convention, official and train/dev/test sizes, metrics."""
-    from .tasks import count_all, list_tasks, task_table
+    from .tasks import count_all, get_task, list_tasks, task_table
 
+    for f in args.files:  # task YAML files join the registry (suite "custom")
+        if not f.lower().endswith((".yaml", ".yml")):
+            raise BmtptError(f"{f} is not a task file (a task YAML ends in .yaml or .yml; see README, your own data)")
+        get_task(f)
     tasks = list_tasks()
     if args.suite:
         suites = sorted({t.suite for t in tasks})
@@ -233,7 +248,8 @@ def cmd_demo(cfg) -> int:
 
 
 CONFIG_COMMANDS = {"source": (SourceConfig, cmd_source), "target": (TargetConfig, cmd_target),
-                   "eval": (EvalConfig, cmd_eval), "tiny-model": (TinyConfig, cmd_tiny),
+                   "eval": (EvalConfig, cmd_eval), "predict": (PredictConfig, cmd_predict),
+                   "tiny-model": (TinyConfig, cmd_tiny),
                    "export": (ExportConfig, cmd_export),
                    "demo": (DemoConfig, cmd_demo), "bench": (SpeedConfig, cmd_bench)}
 
@@ -251,7 +267,9 @@ def make_parser() -> argparse.ArgumentParser:
                        description="List the registered tasks with their split convention, the official sizes "
                        "of their original splits, the train/dev/test sizes bmtpt cuts from them, and metrics. "
                        "No data is read unless --data-dir is given (see docs/tasks.md).")
-    t.add_argument("--suite", help="only this suite (e.g. synth, glue, superglue, qa, mrqa, other)")
+    t.add_argument("files", nargs="*", metavar="TASK_FILE", help="task YAML files to list too (suite custom)")
+    t.add_argument("--suite", help="only this suite (e.g. synth, glue, superglue, qa, mrqa, other, sentences, "
+                   "custom)")
     t.add_argument("--format", choices=("text", "md"), default="text",
                    help="aligned text columns (default) or a markdown table")
     t.add_argument("--data-dir", metavar="DIR",

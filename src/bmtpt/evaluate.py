@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from .backbone import embedding_width, load_backbone
 from .config import EvalConfig
 from .errors import BmtptError
 from .prompted import PromptedModel
 from .prompts import atomic_write_json, load_posterior, load_prompt_tensor, read_json_object
-from .runs import check_data_dir, resolve_device
+from .runs import check_data_dir, load_split, resolve_device
 from .target import score_of
 from .tasks import get_task
 
@@ -27,11 +28,12 @@ def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
     if (run / "target.json").is_file():
         meta = read_json_object(run / "target.json")
         prompt = load_prompt_tensor(run / "prompt.safetensors")
-        task_names = [meta["task"]]
+        task_names = [meta.get("task_file") or meta["task"]]  # a custom task is found again by its file
     elif (run / "posterior.json").is_file():
         particles, meta = load_posterior(run)
         prompt = particles.mean(0)
-        task_names = list(meta["source_tasks"])
+        files = meta.get("source_task_files") or [None] * len(meta["source_tasks"])
+        task_names = [f or n for n, f in zip(meta["source_tasks"], files)]
     else:
         raise BmtptError(f"{run} holds neither target.json nor posterior.json")
     hp = meta.get("hyperparameters", {})
@@ -43,16 +45,17 @@ def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
     if embedding_width(model) != prompt.shape[-1]:
         raise BmtptError(f"the run's prompt is {prompt.shape[-1]} wide but the backbone embeds in "
                          f"{embedding_width(model)}")
-    pm = PromptedModel(model, tokenizer, cfg.precision, hp.get("max_input_tokens", 256))
+    pm = PromptedModel(model, tokenizer, cfg.precision, hp.get("max_input_tokens", 256),
+                       verbalizers=hp.get("verbalizers", "auto"), eval_mode=cfg.eval_mode)
     pm.progress = cfg.progress
     results = {}
+    split_cfg = SimpleNamespace(data_dir=data_dir, seed=hp.get("seed", 0))
     for name in task_names:
         task = get_task(name)
-        examples = task.load(cfg.split, data_dir, hp.get("seed", 0))
-        if cfg.max_eval_examples:
-            examples = examples[: cfg.max_eval_examples]
+        # the run's own rule: a capped split is the same fixed sample the target stage scored
+        examples = load_split(task, cfg.split, split_cfg, cfg.max_eval_examples)
         m = pm.evaluate(prompt.to(pm.device), task, examples, cfg.eval_mode, cfg.eval_batch_size)
-        results[name] = {**m, "score": score_of(m), "examples": len(examples)}
+        results[task.name] = {**m, "score": score_of(m), "examples": len(examples)}
     atomic_write_json({"split": cfg.split, "eval_mode": cfg.eval_mode, "results": results},
                       run / f"eval-{cfg.split}.json")
     return results

@@ -170,7 +170,15 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, particle: int | None =
         task_type = backbone_task_type(rp.backbone, trust_remote_code)
     meta = {"bmtpt_version": __version__, "bmtpt_run": str(Path(run_dir).expanduser().resolve()),
             "bmtpt_prompt": rp.what}
-    return write_peft_adapter(rp.prompt, out, task_type, rp.backbone, overwrite, meta)
+    folder = write_peft_adapter(rp.prompt, out, task_type, rp.backbone, overwrite, meta)
+    run = Path(run_dir).expanduser()
+    if (run / "target.json").is_file():  # what `bmtpt predict ADAPTER` needs to read inputs as the run did
+        target = read_json_object(run / "target.json")
+        hp = target.get("hyperparameters", {})
+        atomic_write_json({"task": target.get("task"), "task_file": target.get("task_file"),
+                           "backbone": target.get("backbone"), "max_input_tokens": hp.get("max_input_tokens", 256),
+                           "verbalizers": hp.get("verbalizers", "auto")}, folder / "bmtpt.json")
+    return folder
 
 
 def read_peft_adapter(adapter_dir: str | Path) -> tuple[Tensor, dict]:

@@ -237,7 +237,8 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
                                   "elapsed_s": log.elapsed(), "fisher_n": fisher["n"]})
             last_saved = step
 
-    info = {"backbone": cfg.model, "source_tasks": names, "method": cfg.method, "bandwidth": bandwidth,
+    info = {"backbone": cfg.model, "source_tasks": names, "source_task_files": [t.source_file for t in tasks],
+            "method": cfg.method, "bandwidth": bandwidth,
             "library_version": __version__, "steps": cfg.steps, "batch_per_task": per_task,
             "train_sizes": sizes, "compute": {"example_passes": rows_per_step * cfg.steps},
             "hyperparameters": cfg.to_dict()}

@@ -249,7 +249,8 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     atomic_save_tensors(tensors, out / "prompt.safetensors")
     # target.json last: its presence marks the run complete
     atomic_write_json({"format": TARGET_FORMAT, "library_version": __version__, "backbone": cfg.model,
-                       "task": task.name, "method": cfg.method, "posterior": cfg.posterior,
+                       "task": task.name, "task_file": task.source_file, "method": cfg.method,
+                       "posterior": cfg.posterior,
                        "source_tasks": meta.get("source_tasks"), "prompt_length": best_prompt.shape[0],
                        "embed_dim": best_prompt.shape[1], "prior_weight": lam, "prior_weight_effective": lam_eff,
                        "prior": cfg.prior if prior is not None else None,

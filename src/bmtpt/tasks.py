@@ -17,7 +17,7 @@ from .errors import BmtptError
 SPLITS = ("train", "dev", "test")
 # How a task's train/dev/test come from its original splits (see suites/splits.py): the ATTEMPT/MPT
 # conventions for benchmark sets, or "generated" for tasks that generate each split directly.
-CONVENTIONS = ("small", "large", "mnli", "official", "dev-train", "lm-bff", "generated")
+CONVENTIONS = ("small", "large", "mnli", "official", "dev-train", "lm-bff", "generated", "custom")
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ class Task:
     # label -> a natural one-word alternative ("entailment" -> "yes"): on backbones whose tokenizer makes every
     # label several tokens, these become the verbalizers when each is one token (see `bmtpt.verbalizers`)
     words: Mapping[str, str] | None = None
+    source_file: str | None = None  # a task defined by a YAML file (`bmtpt.custom`): that file's path
+    label_names: Mapping[str, str] | None = None  # verbalizer -> the label as the task's data names it
 
     def __post_init__(self) -> None:
         if not self.convention:
@@ -170,9 +172,14 @@ def list_tasks() -> list[Task]:
 
 
 def get_task(name: str) -> Task:
-    """Look a task up by name; an unknown name raises BmtptError suggesting the closest names."""
+    """Look a task up by name, or read a task YAML file (a name ending in .yaml / .yml, see `bmtpt.custom`);
+    an unknown name raises BmtptError suggesting the closest names."""
     _load_all()
     key = name.strip()
+    if key.lower().endswith((".yaml", ".yml")):
+        from .custom import task_from_file  # custom builds Tasks: it imports this module
+
+        return task_from_file(key)
     if key in _REGISTRY:
         return _REGISTRY[key]
     lowered = {n.lower(): n for n in _REGISTRY}
@@ -238,10 +245,10 @@ def _n(value: int | str | None) -> str:
 def _official(task: Task, md: bool) -> tuple[str, str]:
     """(train, validation) cells of the official sizes."""
     o = task.official
+    if task.convention in ("generated", "custom"):
+        return "-", "-"
     if o is None:
         return "?", "?"
-    if task.convention == "generated":
-        return "-", "-"
     if "validation_matched" in o.original:
         m, mm = o.original["validation_matched"], o.original["validation_mismatched"]
         return _n(o.original["train"]), (f"{_n(m)} matched + {_n(mm)} mismatched" if md else f"{_n(m)}m+{_n(mm)}mm")
@@ -287,7 +294,7 @@ def task_table(tasks: Sequence[Task], fmt: str = "text",
         notes += task_notes
         train, val = _official(t, md)
         labels = "/".join(t.verbalizers) if t.verbalizers else "(generated text)"
-        source = "generated" if t.convention == "generated" else (t.official.source if t.official else "?")
+        source = t.convention if t.convention in ("generated", "custom") else (t.official.source if t.official else "?")
         rows.append([t.name, t.suite, t.convention or "?", train, val, source, *cells, ", ".join(t.metrics),
                      labels, t.description])
     lines = []
