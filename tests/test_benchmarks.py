@@ -100,3 +100,20 @@ def test_smoke_run_on_a_tiny_t5_end_to_end(smoke, tmp_path, capsys):
     assert len(res["measured"]["cells"]) == 4 and len(res["measured"]["source"]) == 1
     assert all(v > 0 for v in res["unit_costs"].values())
     assert set(res["gpu_hours"]) == {"t5-base-full.yaml", "t5-base-fewshot.yaml", "t5-base-ablations.yaml"}
+
+
+def test_the_transfer_grid_keeps_its_cell_hashes():
+    """The powered benchmark runs across sessions: a later version of the code must recognise its finished
+    cells (the same cell keys and config hashes as the records committed in benchmarks/results/)."""
+    import json
+    from pathlib import Path
+
+    from bmtpt.expconfig import load_experiment, plan_experiment
+
+    root = Path(__file__).parents[1]
+    plan = plan_experiment(load_experiment(root / "benchmarks" / "configs" / "cpu-transfer.yaml"))
+    hashes = {c.key: c.config_hash for c in plan.cells}
+    records = [json.loads(line) for line in
+               (root / "benchmarks" / "results" / "cpu-transfer" / "results.jsonl").read_text().splitlines()]
+    current = [r for r in records if r["key"] in hashes]
+    assert current and all(hashes[r["key"]] == r["config_hash"] for r in current)
