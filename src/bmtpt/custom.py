@@ -21,7 +21,6 @@ is left becomes dev. Every problem in a file is one BmtptError naming the file, 
 from __future__ import annotations
 
 import csv
-import json
 import re
 import string
 from dataclasses import dataclass
@@ -121,29 +120,22 @@ def parse_task_file(path: str | Path) -> TaskFile:
                     str(raw.get("description") or f"custom task from {path.name}"))
 
 
-def read_rows(path: Path) -> list[tuple[int, dict]]:
-    """(line number, row) of a JSONL, CSV or TSV file (CSV/TSV: a header row names the columns)."""
+def read_rows(path: Path) -> list[tuple[str, dict]]:
+    """(where, row) of a JSONL, CSV or TSV file (CSV/TSV: a header row names the columns); `where` is
+    "path line N" for error messages."""
+    from .suites.readers import read_jsonl
+
+    if path.suffix.lower() == ".jsonl":
+        return [(r.where, dict(r.data)) for r in read_jsonl(path)]
     rows = []
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            if path.suffix.lower() == ".jsonl":
-                for n, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise BmtptError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-                    if not isinstance(row, dict):
-                        raise BmtptError(f"{path} line {n}: expected a JSON object")
-                    rows.append((n, row))
-            else:
-                reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-                for row in reader:
-                    if None in row or None in row.values():
-                        raise BmtptError(f"{path} line {reader.line_num}: the row has a different number of "
-                                         "fields than the header")
-                    rows.append((reader.line_num, row))
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            for row in reader:
+                if None in row or None in row.values():
+                    raise BmtptError(f"{path} line {reader.line_num}: the row has a different number of fields "
+                                     "than the header")
+                rows.append((f"{path} line {reader.line_num}", row))
     except UnicodeDecodeError as e:
         raise BmtptError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except csv.Error as e:
@@ -155,16 +147,16 @@ def file_examples(tf: TaskFile, path: Path) -> list[Example]:
     """The examples of one data file: the template filled from each row, the target its label's verbalizer
     (classification) or the target column's text (generation)."""
     out = []
-    for n, row in read_rows(path):
+    for where, row in read_rows(path):
         missing = [c for c in (*tf.fields, tf.target) if c not in row]
         if missing:
-            raise BmtptError(f"{path} line {n}: missing column(s) {', '.join(missing)} (the task file "
+            raise BmtptError(f"{where}: missing column(s) {', '.join(missing)} (the task file "
                              f"{tf.path.name} reads {', '.join((*tf.fields, tf.target))})")
         text = tf.template.format(**{c: str(row[c]).strip() for c in tf.fields})
         value = str(row[tf.target]).strip()
         if tf.labels is not None:
             if value not in tf.labels:
-                raise BmtptError(f"{path} line {n}: label {value!r} is not one of {list(tf.labels)} (the labels "
+                raise BmtptError(f"{where}: label {value!r} is not one of {list(tf.labels)} (the labels "
                                  f"of {tf.path.name})")
             value = tf.labels[value]
         out.append(Example(text, value))
