@@ -23,7 +23,7 @@ from bmtpt.baselines import (
 from bmtpt.config import TargetConfig
 from bmtpt.errors import BmtptError
 from bmtpt.experiment import run_experiment
-from bmtpt.prompts import load_posterior
+from bmtpt.runfiles import load_posterior
 from bmtpt.target import run_target
 
 

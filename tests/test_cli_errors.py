@@ -16,7 +16,7 @@ from bmtpt import source as source_mod
 from bmtpt import target as target_mod
 from bmtpt.checkpoint import load_checkpoint
 from bmtpt.cli import main
-from bmtpt.prompts import save_posterior
+from bmtpt.runfiles import save_posterior
 
 SRC = ["--tasks", "synth-sentiment,synth-animal", "--particles", "2"]
 SMALL = ["--prompt-length", "3", "--batch-size", "4", "--max-train-examples", "8", "--max-eval-examples", "4",

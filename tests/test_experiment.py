@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -259,3 +260,28 @@ def test_a_method_can_be_limited_to_some_few_shot_settings(tmp_path):
         ("avg", 0), ("bmtpt", 4), ("pt", 0), ("pt", 4)]
     with pytest.raises(BmtptError, match="outside the grid"):
         load_experiment(_config(tmp_path / "bad", shots=[4], methods=[{"name": "pt", "shots": [8]}]))
+
+
+def test_a_cell_checkpoint_from_another_posterior_is_started_over(tmp_path, tiny_llama):
+    """A grid whose source stage changed (its sources were edited, so the stage is trained again) finds an old
+    half-finished cell in the same folder: it must start it over, not fail to resume (the posterior's digest
+    differs from the checkpoint's)."""
+    import torch
+
+    from bmtpt.config import TargetConfig
+    from bmtpt.experiment import resume_or_restart
+    from bmtpt.runfiles import save_posterior
+    from bmtpt.target import run_target
+
+    for name, seed in (("a", 0), ("b", 1)):
+        (tmp_path / name).mkdir()
+        save_posterior(tmp_path / name, torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(seed)),
+                       {"backbone": "tiny-llama", "source_tasks": ["synth-animal"], "bandwidth": 1.0, "method": "svgd"})
+    cfg = TargetConfig(model="tiny-llama", out=str(tmp_path / "cell"), task="synth-product",
+                       posterior=str(tmp_path / "a"), steps=2, eval_every=2, checkpoint_every=1, batch_size=4,
+                       max_train_examples=8, max_eval_examples=4, train_eval_examples=0, progress=False, device="cpu")
+    run_target(cfg, *tiny_llama)
+    (tmp_path / "cell" / "target.json").unlink()  # as if killed after its last checkpoint
+    assert resume_or_restart(cfg, "target", "target.json").resume is True
+    other = resume_or_restart(dataclasses.replace(cfg, posterior=str(tmp_path / "b")), "target", "target.json")
+    assert other.resume is False

@@ -16,10 +16,11 @@ from bmtpt.cli import main
 from bmtpt.config import TargetConfig
 from bmtpt.data import Batch, collate, encode_examples, encode_text
 from bmtpt.errors import BmtptError
-from bmtpt.interop import export_peft, import_peft, read_peft_adapter, write_peft_adapter
+from bmtpt.interop import export_peft, write_peft_adapter
 from bmtpt.prompted import PromptedModel
-from bmtpt.prompts import init_prompts, save_posterior
-from bmtpt.target import effective_prompt, run_target
+from bmtpt.prompts import init_prompts
+from bmtpt.runfiles import effective_prompt, import_peft, read_peft_adapter, save_posterior
+from bmtpt.target import run_target
 from bmtpt.tasks import Example, get_task
 from bmtpt.tiny import build_tiny
 

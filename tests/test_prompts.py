@@ -10,13 +10,8 @@ from safetensors.torch import save_file
 
 from bmtpt import __version__
 from bmtpt.errors import BmtptError
-from bmtpt.prompts import (
-    atomic_save_tensors,
-    init_prompts,
-    load_posterior,
-    load_prompt_tensor,
-    save_posterior,
-)
+from bmtpt.prompts import init_prompts
+from bmtpt.runfiles import atomic_save_tensors, load_posterior, load_prompt_tensor, save_posterior
 
 INFO = {"backbone": "tiny", "source_tasks": ["synth-animal", "synth-past"], "bandwidth": 1.25, "method": "svgd"}
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-import bmtpt.checkpoint as ckmod
+import bmtpt.runfiles as runfiles
 from bmtpt import source as source_mod
 from bmtpt import target as target_mod
 from bmtpt.checkpoint import (
@@ -128,7 +128,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     def killed(*a, **k):
         raise KeyboardInterrupt  # as if the process died between writing the temporary file and the rename
 
-    monkeypatch.setattr(ckmod.os, "replace", killed)
+    monkeypatch.setattr(runfiles.os, "replace", killed)  # the one atomic writer lives in bmtpt.runfiles
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, "target", 8, {"steps": 9}, {"param/theta0": torch.zeros(2)}, opt, {"x": 2})
     monkeypatch.undo()
@@ -277,7 +277,7 @@ def test_target_resume_refuses_a_changed_posterior(tmp_path, tiny_llama, posteri
         run_target(_target_cfg(out, post), *tiny_llama)
     monkeypatch.undo()
     t = load_file(str(post / "particles.safetensors"))
-    ckmod.atomic_write_bytes(st_save({"particles": t["particles"] + 1}), post / "particles.safetensors")
+    runfiles.atomic_write_bytes(st_save({"particles": t["particles"] + 1}), post / "particles.safetensors")
     with pytest.raises(BmtptError, match="posterior .* changed"):
         run_target(_target_cfg(out, post, resume=True), *tiny_llama)
 

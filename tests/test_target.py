@@ -17,10 +17,10 @@ from bmtpt.config import SourceConfig, TargetConfig
 from bmtpt.data import collate, encode_examples
 from bmtpt.errors import BmtptError
 from bmtpt.prompted import PromptedModel
-from bmtpt.prompts import save_posterior
+from bmtpt.runfiles import effective_prompt, save_posterior
 from bmtpt.runs import load_split
 from bmtpt.source import run_source
-from bmtpt.target import PriorTerm, effective_prompt, initial_prompt, run_target
+from bmtpt.target import PriorTerm, initial_prompt, run_target
 from bmtpt.tasks import Example, get_task
 
 
@@ -276,7 +276,7 @@ def test_a_one_particle_posterior_needs_its_bandwidth_stated(tmp_path, tiny_llam
 
 def test_source_stage_scores_its_particles_on_each_source_dev_set(tmp_path, tiny_llama):
     """posterior.json's final_dev: the particles' mean and each particle on each task's dev sample, by hand."""
-    from bmtpt.prompts import load_initial_particles, load_posterior
+    from bmtpt.runfiles import load_initial_particles, load_posterior
     from bmtpt.target import score_of
 
     model, tok = tiny_llama

@@ -34,7 +34,8 @@ from .config import SourceConfig, TargetConfig, opt
 from .data import EpochSampler, select_rows
 from .errors import BmtptError
 from .prompted import PromptedModel, mean_loss_by_group
-from .prompts import atomic_save_tensors, init_prompts, load_initial_particles, read_json_object, save_posterior
+from .prompts import init_prompts
+from .runfiles import atomic_save_tensors, load_initial_particles, read_json_object, save_posterior
 from .runs import (
     JsonlLog,
     check_data_dir,
@@ -233,7 +234,7 @@ def source_embeddings(posterior: str, names: list[str], cfg: TargetConfig, steps
     import hashlib
     import json
 
-    from .prompts import load_tensors
+    from .runfiles import load_tensors
 
     key = json.dumps({"steps": steps, "tasks": names, **{k: getattr(cfg, k) for k in PROBE_OPTIONS}}, sort_keys=True)
     path = Path(posterior) / f"spot-embeddings-{hashlib.sha1(key.encode()).hexdigest()[:10]}.safetensors"

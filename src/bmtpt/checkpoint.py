@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from torch import Tensor
 
 from .config import result_neutral_options
 from .errors import BmtptError
+from .runfiles import atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = 1
@@ -56,21 +55,6 @@ class Checkpoint:
         """Load the optimiser state and the Python/torch RNG states saved with the checkpoint."""
         load_optimizer_state(optimizer, *self._optim)
         set_rng_state(*self._rng)
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    """Write bytes atomically and durably: temporary file in the same folder, fsync, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def remove_stale_temporaries(folder: Path) -> None:

@@ -183,7 +183,7 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
     `sizes` overrides the --quick / full budget (tests use a smaller one).
     """
     from .backbone import load_backbone  # torch-heavy imports stay out of `bmtpt --help`
-    from .prompts import atomic_write_json
+    from .runfiles import atomic_write_json
     from .runs import resolve_device
     from .source import run_source
     from .target import run_target

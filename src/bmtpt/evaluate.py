@@ -9,7 +9,7 @@ from .backbone import embedding_width, load_backbone
 from .config import EvalConfig
 from .errors import BmtptError
 from .prompted import PromptedModel
-from .prompts import atomic_write_json, load_posterior, load_prompt_tensor, read_json_object
+from .runfiles import atomic_write_json, load_posterior, load_prompt_tensor, read_json_object
 from .runs import check_data_dir, load_split, resolve_device
 from .target import score_of
 from .tasks import get_task

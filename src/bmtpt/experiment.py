@@ -22,12 +22,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .baselines import spot_choose, train_mpt_source
-from .checkpoint import CHECKPOINT_FILE, check_resume_options, read_checkpoint_meta
+from .checkpoint import CHECKPOINT_FILE, check_resume_options, file_digest, read_checkpoint_meta
 from .errors import BmtptError
 from .expconfig import Cell, ExperimentConfig, Plan, Stage, load_experiment, plan_experiment
-from .prompts import atomic_save_tensors, atomic_write_json, load_posterior
+from .runfiles import (
+    PARTICLES_FILE,
+    POSTERIOR_FILE,
+    PREDICTIONS_FILE,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_posterior,
+)
 from .source import run_source
-from .target import PREDICTIONS_FILE, run_target
+from .target import run_target
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "append_record", "read_records", "run_experiment"]
 
@@ -100,7 +107,8 @@ class _Backbone:
 def resume_or_restart(cfg, kind: str, marker: str):
     """`cfg` set to continue the half-finished run in cfg.out from its checkpoint (a killed grid loses
     at most --checkpoint-every steps of the cell it was in), or unchanged (start over) where there is no
-    checkpoint, the run is already finished (`marker` exists) or its options no longer match."""
+    checkpoint, the run is already finished (`marker` exists), its options no longer match or the posterior
+    it started from has changed (a cell folder left by an earlier version of the grid's sources)."""
     out = Path(cfg.out)
     if (out / marker).is_file() or not (out / CHECKPOINT_FILE).is_file():
         return cfg
@@ -109,7 +117,11 @@ def resume_or_restart(cfg, kind: str, marker: str):
         if meta.get("kind") != kind:
             return cfg
         check_resume_options(meta["config"], cfg.to_dict(), out)
-    except (BmtptError, KeyError):
+        posterior = getattr(cfg, "posterior", None)
+        if posterior and meta["state"].get("posterior_sha256") != file_digest(
+                Path(posterior) / PARTICLES_FILE, Path(posterior) / POSTERIOR_FILE):
+            return cfg
+    except (BmtptError, KeyError, OSError):
         return cfg
     return dataclasses.replace(cfg, resume=True, overwrite=False)
 

@@ -26,65 +26,23 @@ Writing and reading adapters needs no `peft` install: the files are plain JSON a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from . import __version__
 from .config import ExportConfig
 from .errors import BmtptError
-from .prompts import atomic_save_tensors, atomic_write_json, load_posterior, load_tensors, read_json_object
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PEFT_PROMPT_KEY = "prompt_embeddings"  # the key PEFT's get_peft_model_state_dict uses for prompt learning
-TASK_TYPES = ("SEQ_2_SEQ_LM", "CAUSAL_LM")
-
-
-@dataclass
-class RunPrompt:
-    """One prompt read from a bmtpt run folder, with where it came from."""
-
-    prompt: Tensor  # (l, d) float32
-    backbone: str | None
-    what: str  # e.g. "target prompt of synth-product", "particle 2 of 5", "mean of 5 particles"
-
-
-def read_run_prompt(run_dir: str | Path, particle: int | None = None) -> RunPrompt:
-    """The prompt of a target run (its effective prompt, rank-one factor included) or of a source run
-    (particle `particle`, or the particles' mean when None)."""
-    run = Path(run_dir).expanduser()
-    if not run.is_dir():
-        raise BmtptError(f"run folder {run} does not exist")
-    if (run / "target.json").is_file():
-        if particle is not None:
-            raise BmtptError(f"--particle applies to source runs, but {run} is a target run")
-        meta = read_json_object(run / "target.json")
-        tensors = load_tensors(run / "prompt.safetensors")
-        prompt = tensors.get("prompt")
-        if prompt is None and "theta0" in tensors:  # fold the rank-one factor: theta0 * (u v^T)
-            from .target import effective_prompt
-
-            prompt = effective_prompt(tensors["theta0"], tensors.get("u"), tensors.get("v"))
-        if prompt is None:
-            raise BmtptError(f"{run / 'prompt.safetensors'} holds no 'prompt' tensor (keys: {', '.join(tensors)})")
-        expect = (meta.get("prompt_length", prompt.shape[0]), meta.get("embed_dim", prompt.shape[-1]))
-        if prompt.dim() != 2 or tuple(prompt.shape) != tuple(expect):
-            raise BmtptError(f"the prompt in {run} has shape {tuple(prompt.shape)} but target.json says {expect}")
-        if not torch.isfinite(prompt).all():
-            raise BmtptError(f"{run / 'prompt.safetensors'} holds non-finite values")
-        return RunPrompt(prompt.float(), meta.get("backbone"), f"target prompt of {meta.get('task', '?')}")
-    if (run / "posterior.json").is_file():
-        particles, meta = load_posterior(run)
-        m = particles.shape[0]
-        if particle is None:
-            return RunPrompt(particles.mean(0), meta.get("backbone"), f"mean of {m} particles")
-        if not 0 <= particle < m:
-            raise BmtptError(f"--particle {particle}: {run} holds particles 0..{m - 1}")
-        return RunPrompt(particles[particle].clone(), meta.get("backbone"), f"particle {particle} of {m}")
-    raise BmtptError(f"{run} holds neither target.json nor posterior.json (not a bmtpt run folder)")
+from .runfiles import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    PEFT_PROMPT_KEY,
+    TASK_TYPES,
+    atomic_save_tensors,
+    atomic_write_json,
+    read_json_object,
+    read_run_prompt,
+)
 
 
 def backbone_task_type(backbone: str, trust_remote_code: bool = False) -> str:
@@ -181,59 +139,6 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, particle: int | None =
     return folder
 
 
-def read_peft_adapter(adapter_dir: str | Path) -> tuple[Tensor, dict]:
-    """(prompt (l, d) float32, adapter config) of a PEFT prompt-tuning adapter folder.
-
-    Seq2seq adapters saved with PEFT's default num_transformer_submodules = 2 hold 2l rows; the first l
-    are the encoder prompt, the only rows PEFT's prompt tuning prepends, and the ones returned.
-    """
-    folder = Path(adapter_dir).expanduser()
-    if folder.is_file() and folder.name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        folder = folder.parent
-    if not folder.is_dir():
-        raise BmtptError(f"PEFT adapter folder {folder} does not exist")
-    if not (folder / ADAPTER_CONFIG).is_file():
-        raise BmtptError(f"{folder} holds no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
-    cfg = read_json_object(folder / ADAPTER_CONFIG)
-    kind = cfg.get("peft_type")
-    if kind != "PROMPT_TUNING":
-        raise BmtptError(f"{folder} is a PEFT {kind or 'unknown-type'} adapter; bmtpt imports only "
-                         "PROMPT_TUNING adapters")
-    if not (folder / ADAPTER_WEIGHTS).is_file():
-        hint = (" (only adapter_model.bin, a pickle bmtpt will not load: re-save it with safe_serialization=True)"
-                if (folder / "adapter_model.bin").exists() else "")
-        raise BmtptError(f"{folder} holds no {ADAPTER_WEIGHTS}{hint}")
-    tensors = load_tensors(folder / ADAPTER_WEIGHTS)
-    if PEFT_PROMPT_KEY not in tensors:
-        raise BmtptError(f"{folder / ADAPTER_WEIGHTS} holds no '{PEFT_PROMPT_KEY}' tensor "
-                         f"(keys: {', '.join(tensors) or 'none'})")
-    emb = tensors[PEFT_PROMPT_KEY]
-    length = cfg.get("num_virtual_tokens")
-    subs = cfg.get("num_transformer_submodules") or 1
-    if emb.dim() != 2 or not isinstance(length, int) or emb.shape[0] != length * subs:
-        raise BmtptError(f"{folder}: '{PEFT_PROMPT_KEY}' has shape {tuple(emb.shape)}, but the config says "
-                         f"{length} virtual tokens x {subs} submodule(s)")
-    if cfg.get("token_dim") is not None and cfg["token_dim"] != emb.shape[1]:
-        raise BmtptError(f"{folder}: '{PEFT_PROMPT_KEY}' is {emb.shape[1]} wide but the config says token_dim "
-                         f"{cfg['token_dim']}")
-    if not torch.isfinite(emb).all():
-        raise BmtptError(f"{folder / ADAPTER_WEIGHTS} holds non-finite values")
-    return emb[:length].float().clone(), cfg
-
-
-def import_peft(adapter_dir: str | Path, width: int | None = None, length: int | None = None) -> Tensor:
-    """The (l, d) prompt of a PEFT prompt-tuning adapter, checked against an expected width and length."""
-    prompt, cfg = read_peft_adapter(adapter_dir)
-    base = f" (base model {cfg['base_model_name_or_path']})" if cfg.get("base_model_name_or_path") else ""
-    if width is not None and prompt.shape[1] != width:
-        raise BmtptError(f"PEFT adapter {adapter_dir} holds prompts {prompt.shape[1]} wide{base}, but the "
-                         f"backbone embeds in {width}")
-    if length is not None and prompt.shape[0] != length:
-        raise BmtptError(f"PEFT adapter {adapter_dir} holds {prompt.shape[0]} virtual tokens, but prompts of "
-                         f"length {length} are needed here (--prompt-length, or the posterior's length)")
-    return prompt
-
-
 def run_export(cfg: ExportConfig) -> Path:
     """`bmtpt export`: dispatch on --to (only 'peft' so far)."""
     cfg.validate()
@@ -242,5 +147,4 @@ def run_export(cfg: ExportConfig) -> Path:
     return export_peft(cfg.run_dir, cfg.out_dir, cfg.particle, cfg.overwrite, cfg.task_type, cfg.trust_remote_code)
 
 
-__all__ = ["RunPrompt", "backbone_task_type", "export_peft", "import_peft", "peft_adapter_config",
-           "read_peft_adapter", "read_run_prompt", "run_export", "write_peft_adapter"]
+__all__ = ["backbone_task_type", "export_peft", "peft_adapter_config", "run_export", "write_peft_adapter"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .expconfig import Plan
-from .prompts import load_tensors
+from .runfiles import load_tensors
 from .stats import comparison_lines, selection_lines
 
 SUITE_TITLES = {"glue": "GLUE", "superglue": "SuperGLUE", "qa": "QA", "mrqa": "MRQA", "other": "Other",

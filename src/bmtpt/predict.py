@@ -115,8 +115,7 @@ def read_inputs(path: str) -> list[tuple[str, dict | str]]:
 def locate(run_dir: str | Path, task: str | None = None, model: str | None = None) -> tuple:
     """(prompt, task, backbone name, how inputs were read) of a target run folder or a PEFT adapter folder,
     without loading the backbone (so that bad inputs are reported before the slow part)."""
-    from .interop import ADAPTER_CONFIG, read_peft_adapter, read_run_prompt
-    from .prompts import read_json_object
+    from .runfiles import ADAPTER_CONFIG, read_json_object, read_peft_adapter, read_run_prompt
 
     run = Path(run_dir).expanduser()
     if (run / "target.json").is_file():
@@ -206,7 +205,7 @@ def run_predict(cfg: PredictConfig, backbone=None) -> list[dict]:
     if cfg.output == "-":
         sys.stdout.write(text)
     else:
-        from .checkpoint import atomic_write_bytes
+        from .runfiles import atomic_write_bytes
 
         atomic_write_bytes(text.encode(), Path(cfg.output).expanduser())
     return results

@@ -26,7 +26,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .errors import BmtptError
-from .prompts import load_posterior
+from .runfiles import load_posterior
 from .svgd import diag_gaussian_log_density, gaussian_log_density, kde_log_density
 
 KINDS = ("kde", "gaussian", "diag", "fisher")

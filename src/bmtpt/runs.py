@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from .checkpoint import CHECKPOINT_FILE, atomic_write_bytes, read_checkpoint_meta, remove_stale_temporaries
+from .checkpoint import CHECKPOINT_FILE, read_checkpoint_meta, remove_stale_temporaries
 from .config import CommonConfig
 from .errors import BmtptError
+from .runfiles import atomic_write_bytes
 from .tasks import Example, Task
 
 RESULT_FILES = ("posterior.json", "particles.safetensors", "target.json", "prompt.safetensors", "metrics.jsonl",

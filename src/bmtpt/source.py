@@ -31,7 +31,8 @@ from .config import SourceConfig, parse_likelihood_scale, parse_task_weights
 from .data import Batch, EpochSampler, collate, select_rows
 from .errors import BmtptError
 from .prompted import PromptedModel
-from .prompts import init_prompts, save_posterior
+from .prompts import init_prompts
+from .runfiles import save_posterior
 from .runs import (
     JsonlLog,
     check_data_dir,

@@ -31,7 +31,15 @@ from .data import EpochSampler, batch_of
 from .errors import BmtptError
 from .prior import PriorTerm, effective_weight, prior_bandwidth
 from .prompted import PromptedModel
-from .prompts import atomic_save_tensors, atomic_write_json, init_prompts, load_posterior, load_tensors
+from .prompts import init_prompts
+from .runfiles import (
+    PREDICTIONS_FILE,
+    atomic_save_tensors,
+    atomic_write_json,
+    effective_prompt,
+    load_posterior,
+    load_tensors,
+)
 from .runs import (
     JsonlLog,
     check_data_dir,
@@ -48,7 +56,6 @@ from .runs import (
 from .tasks import Task, get_task
 
 TARGET_FORMAT = 1
-PREDICTIONS_FILE = "predictions-test.json"
 
 
 @dataclass
@@ -58,11 +65,6 @@ class TargetResult:
     prompt: Tensor
     metrics: dict
     out: Path
-
-
-def effective_prompt(theta0: Tensor, u: Tensor | None, v: Tensor | None) -> Tensor:
-    """theta0 * (u v^T) with the rank-one factor, else theta0."""
-    return theta0 if u is None else theta0 * (u[:, None] * v[None, :])
 
 
 def initial_prompt(cfg: TargetConfig, model, tokenizer, particles: Tensor | None) -> Tensor:
