@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import BmtptError
+from .methods import TARGET_KINDS
 
 
 def opt(default, help: str, choices: tuple | None = None, **kw):  # noqa: A002 - mirrors argparse
@@ -181,7 +182,7 @@ class TargetConfig(CommonConfig):
                                      "width (its prompts mean something else there; refused by default)")
     posterior: str | None = opt(None, "output folder of `bmtpt source` (required unless --method pt)", neutral=True)
     method: str = opt("bmtpt", "bmtpt: init from the particles + prior; avg: init from the particle mean, no "
-                      "prior; pt: prompt tuning from scratch", ("bmtpt", "avg", "pt"))
+                      "prior; pt: prompt tuning from scratch (see bmtpt.methods)", tuple(TARGET_KINDS))
     steps: int = opt(500, "optimisation steps")
     init: str = opt("mean", "initial prompt: mean (of the particles), particle:K, vocab, uniform, text:WORDS, "
                     "file:PATH, peft:ADAPTER_DIR (a PEFT prompt-tuning adapter)")
@@ -220,7 +221,8 @@ class TargetConfig(CommonConfig):
         super().validate()
         if not self.task:
             raise BmtptError("--task is required")
-        if self.method != "pt" and not self.posterior:
+        kind = TARGET_KINDS[self.method]
+        if kind.needs_posterior and not self.posterior:
             raise BmtptError(f"--posterior is required with --method {self.method}")
         if not 0 < self.prior_bandwidth_scale < float("inf"):
             raise BmtptError(f"--prior-bandwidth-scale must be a positive number, got {self.prior_bandwidth_scale}")
@@ -239,7 +241,7 @@ class TargetConfig(CommonConfig):
             raise BmtptError(f"--prior-weight must be non-negative, got {self.prior_weight}")
         if not self.lr_factor > 0:
             raise BmtptError(f"--lr-factor must be positive, got {self.lr_factor}")
-        if self.method != "bmtpt":  # only bmtpt has a prior: its options would be accepted and ignored
+        if not kind.prior:  # its prior options would be accepted and ignored
             given = [f"--{f.name.replace('_', '-')}" for f in fields(self)
                      if f.name in PRIOR_OPTIONS and getattr(self, f.name) != f.default]
             if given:

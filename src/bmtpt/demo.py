@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .config import SourceConfig, TargetConfig, opt
 from .errors import BmtptError
+from .methods import METHODS as METHOD_TABLE
 from .synth import SOURCE_TASKS as SYNTH_SOURCES
 from .synth import TARGET_TASKS as SYNTH_TARGETS
 
@@ -215,7 +216,8 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
     indep = run_source(SourceConfig(**_common(cfg, sizes, out / "source-independent", data_dir), **src_common,
                                     method="independent", particles=len(sizes.sources)), model, tokenizer)
     timings["source_independent_s"] = time.time() - t
-    posterior = {"pt": None, "avg": indep, "bmtpt": svgd}
+    stage = {None: None, "independent": indep, "svgd": svgd}
+    posterior = {m: stage[METHOD_TABLE[m].source] for m in METHODS}
 
     results: dict = {m: {"tasks": {}} for m in METHODS}
     correct: dict = {}
@@ -225,7 +227,7 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
             print(f"[demo] target {task}, method {method}")
             src = posterior[method]
             tcfg = TargetConfig(**_common(cfg, sizes, out / "target" / f"{task}-{method}", data_dir), task=task,
-                                method=method, posterior=str(src.out) if src else None, steps=sizes.target_steps,
+                                **METHOD_TABLE[method].target, posterior=str(src.out) if src else None, steps=sizes.target_steps,
                                 batch_size=sizes.target_batch, eval_every=sizes.eval_every, shots=sizes.shots,
                                 max_dev_examples=sizes.dev_examples, max_eval_examples=sizes.test_examples,
                                 train_eval_examples=sizes.train_eval_examples, eval_batch_size=32)

@@ -22,14 +22,13 @@ import yaml
 from .baselines import MptConfig
 from .config import PRIOR_OPTIONS, CommonConfig, SourceConfig, TargetConfig, result_neutral_options
 from .errors import BmtptError
+from .methods import METHODS
 from .tasks import Task, get_task, register
 
-BASES = ("pt", "avg", "spot", "mpt", "bmtpt")
-STAGE_KIND = {"pt": None, "avg": "independent", "spot": "independent", "mpt": "mpt", "bmtpt": "svgd"}
-# what each base fixes in its target run (a method's overrides may not change these)
-FIXED_TARGET = {"pt": {"method": "pt"}, "avg": {"method": "avg", "init": "mean"},
-                "spot": {"method": "avg", "init": "particle:0"},  # K is chosen per cell by the probe
-                "mpt": {"method": "avg", "init": "mean", "rank_one": True}, "bmtpt": {"method": "bmtpt"}}
+# the built-in methods (bmtpt.methods): a method's overrides may not change what its base fixes
+BASES = tuple(METHODS)
+STAGE_KIND = {name: m.source for name, m in METHODS.items()}
+FIXED_TARGET = {name: m.target for name, m in METHODS.items()}
 # set by the runner (a half-finished run is started over, not resumed) or at the top level
 RUN_KEYS = {"out", "seed", "overwrite", "resume", "progress", "model", "data_dir", "device", "trust_remote_code"}
 TOP_RUN_KEYS = ("model", "data_dir", "device", "trust_remote_code")
@@ -403,7 +402,7 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
                 for task in exp.targets:
                     # options of the global sections that this method does not use (a target run trains one
                     # prompt; only bmtpt has a prior) are left out; in a method's own overrides they are refused
-                    unused = {"particle_chunk", *(PRIOR_OPTIONS if spec.base != "bmtpt" else ())}
+                    unused = {"particle_chunk", *(PRIOR_OPTIONS if not METHODS[spec.base].kind.prior else ())}
                     shared = {k: v for k, v in {**exp.common, **exp.target}.items() if k not in unused}
                     values = {**run, **shared, **spec.overrides["target"], **FIXED_TARGET[spec.base], "task": task,
                               "seed": seed, "posterior": str(stage.cfg.out) if stage else None}

@@ -29,6 +29,7 @@ from .checkpoint import Checkpoint, check_resume_options, file_digest, load_chec
 from .config import TargetConfig
 from .data import EpochSampler, batch_of
 from .errors import BmtptError
+from .methods import TARGET_KINDS
 from .prior import PriorTerm, effective_weight, prior_bandwidth
 from .prompted import PromptedModel
 from .prompts import init_prompts
@@ -69,7 +70,7 @@ class TargetResult:
 
 def initial_prompt(cfg: TargetConfig, model, tokenizer, particles: Tensor | None) -> Tensor:
     """theta0 from --init: the particles' mean, one particle, or a fresh init (vocab, uniform, text, file)."""
-    init = "vocab" if cfg.method == "pt" and cfg.init == "mean" else cfg.init  # pt has no particles
+    init = TARGET_KINDS[cfg.method].default_init if cfg.init == "mean" else cfg.init  # pt has no particles
     if init == "mean" or init.startswith("particle:"):
         if particles is None:
             raise BmtptError(f"--init {init} needs --posterior")
@@ -135,7 +136,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     check_data_dir(cfg.data_dir)
     device = resolve_device(cfg.device)
     particles, meta, digest = (None, {}, None)
-    if cfg.posterior and cfg.method != "pt":
+    if cfg.posterior and TARGET_KINDS[cfg.method].needs_posterior:
         particles, meta = load_posterior(cfg.posterior)
         if meta.get("backbone") != cfg.model and not cfg.allow_other_backbone:
             raise BmtptError(f"the posterior in {cfg.posterior} was trained on backbone {meta.get('backbone')!r}, this "
@@ -172,7 +173,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         groups.append({"params": [u, v], "lr": cfg.lr_factor})
     opt = make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
     enc = pm.encode(task, train, cfg.max_target_tokens)
-    lam = cfg.prior_weight if cfg.method == "bmtpt" else 0.0
+    lam = cfg.prior_weight if TARGET_KINDS[cfg.method].prior else 0.0
     lam_eff = effective_weight(lam, cfg.prior_weight_rule, sum(len(t) for t in enc.targets))
     prior, bandwidth = None, None
     if particles is not None and lam > 0:
