@@ -229,8 +229,9 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
             tcfg = TargetConfig(**_common(cfg, sizes, out / "target" / f"{task}-{method}", data_dir), task=task,
                                 **METHOD_TABLE[method].target, posterior=str(src.out) if src else None,
                                 steps=sizes.target_steps, batch_size=sizes.target_batch, eval_every=sizes.eval_every,
-                                shots=sizes.shots, max_dev_examples=sizes.dev_examples, max_eval_examples=sizes.test_examples,
-                                train_eval_examples=sizes.train_eval_examples, eval_batch_size=32)
+                                shots=sizes.shots, max_dev_examples=sizes.dev_examples,
+                                max_eval_examples=sizes.test_examples, train_eval_examples=sizes.train_eval_examples,
+                                eval_batch_size=32)
             res = run_target(tcfg, model, tokenizer)
             correct[(method, task)] = json.loads((res.out / "predictions-test.json").read_text())["correct"]
             results[method]["tasks"][task] = {"test": res.metrics["test"]["score"],
