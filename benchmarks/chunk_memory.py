@@ -12,7 +12,7 @@ MALLOC_MMAP_THRESHOLD_ fixes the threshold and shows how much of the chunked exc
 import os
 import sys
 
-from bmtpt.bench_memory import peak_in_subprocess
+from bmtpt.bench.memory import peak_in_subprocess
 
 spec = {"backbone": sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m", "seed": 0, "trust_remote_code": False,
         "threads": 2, "precision": "fp32", "gradient_checkpointing": False, "full_logits": False, "batch_size": 4,

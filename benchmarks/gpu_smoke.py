@@ -38,7 +38,8 @@ def corpus(tasks: list[str], data_dir: str | None) -> list[str]:
 
 def build_random_t5(shape: str, texts: list[str], device: str, seed: int = 0):
     """(model, tokenizer): a random-weight T5 of a bench shape preset, with a word-level tokenizer."""
-    from bmtpt.bench_steps import SHAPE_PRESETS, build_backbone
+    from bmtpt.bench import SHAPE_PRESETS
+    from bmtpt.bench.steps import build_backbone
     from bmtpt.tiny import build_tokenizer
 
     arch, kw = SHAPE_PRESETS[shape]
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(a: argparse.Namespace) -> int:
     """The smoke experiment, its measured unit costs, and the estimates; see `main` for the options."""
-    from bmtpt.bench_report import describe_machine
+    from bmtpt.bench.report import describe_machine
     from bmtpt.expconfig import load_experiment, plan_experiment
     from bmtpt.experiment import run_experiment
     from bmtpt.runs import resolve_device

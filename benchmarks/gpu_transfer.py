@@ -413,7 +413,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
 
     if config["device"].startswith("cuda") and not torch.cuda.is_available():
         return _fail("no CUDA device here: the GPU benchmark needs one (--tiny runs on the CPU)")
-    from bmtpt.demo import machine_description
+    from bmtpt.bench.report import machine_description
     from bmtpt.expconfig import load_experiment, plan_experiment
     from bmtpt.experiment import run_experiment
 

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from bmtpt.bench_memory import peak_bytes, peak_in_subprocess
-from bmtpt.bench_report import describe_machine
-from bmtpt.bench_steps import build_backbone, interleaved, make_workload, svgd_step, timed
+from bmtpt.bench.memory import peak_bytes, peak_in_subprocess
+from bmtpt.bench.report import describe_machine
+from bmtpt.bench.steps import build_backbone, interleaved, make_workload, svgd_step, timed
 from bmtpt.prompted import PromptedModel
 from bmtpt.runs import resolve_device
 

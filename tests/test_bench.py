@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from bmtpt.backbone import backbone_grads
-from bmtpt.bench import SpeedConfig, format_table, hwm_supported, make_checks, peak_bytes, run_speed
+from bmtpt.bench import SpeedConfig
+from bmtpt.bench.memory import hwm_supported, peak_bytes
+from bmtpt.bench.report import format_table, make_checks
+from bmtpt.bench.speed import run_speed
 from bmtpt.cli import main
 from bmtpt.data import collate
 from bmtpt.errors import BmtptError
@@ -176,7 +179,7 @@ def test_attributed_step_splits_the_step_and_restores_the_model(tiny):
     """The in-step split: backbone time is positive and below the step's; the patches are undone after."""
     import torch
 
-    from bmtpt.bench_steps import attributed_step, make_workload
+    from bmtpt.bench.steps import attributed_step, make_workload
     from bmtpt.prompted import PromptedModel
 
     arch, model, tok = tiny

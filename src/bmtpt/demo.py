@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import socket
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .bench.report import machine_description
 from .config import SourceConfig, TargetConfig, opt
 from .errors import BmtptError
 from .methods import METHODS as METHOD_TABLE
@@ -328,22 +328,3 @@ def results_table(results: dict, sizes: DemoSizes, model: str = "smollm2-135m", 
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
-
-
-def machine_description() -> dict:
-    """CPU, cores, Python and torch versions (results files record where they were measured)."""
-    import os
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}

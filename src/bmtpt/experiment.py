@@ -203,7 +203,7 @@ def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, ren
             raise BmtptError(f"{results} does not exist: nothing to render (run the grid first)")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        from .demo import machine_description
+        from .bench.report import machine_description
 
         atomic_write_json({**exp.as_dict(), "machine": machine_description()}, out / "experiment.json")
         finished = {(r["key"], r.get("config_hash")) for r in read_records(results)}

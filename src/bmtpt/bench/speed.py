@@ -30,10 +30,9 @@ Shape presets (`t5-base-shape`, `t5-small-shape`, `smollm2-135m-shape`, `tiny-t5
 `tiny-llama-shape`) build a random-weight model of that architecture: no download and no tokenizer,
 and the same time and memory per step as the trained model.
 
-This module holds the options (`SpeedConfig`), the measurement sections of a run, `run_speed` and
-`cmd_bench`. The pieces live in `bench_steps` (backbone, workload, timed step closures), `bench_memory`
-(peak memory) and `bench_report` (machine description, checks, table); their public names are re-exported
-here.
+This module holds the measurement sections of a run and `run_speed`; the options (`SpeedConfig`) and
+`cmd_bench` are in `bmtpt.bench`, the pieces in `steps` (backbone, workload, timed step closures),
+`memory` (peak memory) and `report` (machine description, checks, table).
 """
 
 from __future__ import annotations
@@ -41,18 +40,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from .bench_memory import _memory_child, hwm_supported, peak_bytes, peak_in_subprocess
-from .bench_report import TARGETS, bf16_native, cpu_info, describe_machine, format_table, make_checks
-from .bench_steps import (
-    LLAMA_IDS,
-    LR,
-    SHAPE_PRESETS,
-    T5_IDS,
+from . import SHAPE_PRESETS, SpeedConfig, _ints, _split
+from .memory import hwm_supported, peak_bytes, peak_in_subprocess
+from .report import bf16_native, describe_machine, make_checks
+from .steps import (
     Workload,
     attributed_step,
     backbone_passes,
@@ -62,88 +57,8 @@ from .bench_steps import (
     overhead_parts,
     sequential_steps,
     svgd_step,
-    timed,
     tokens_per_row,
 )
-from .config import opt
-from .errors import BmtptError
-
-__all__ = [
-    "LLAMA_IDS", "LR", "SHAPE_PRESETS", "T5_IDS", "TARGETS", "SpeedConfig", "Workload", "attributed_step",
-    "backbone_passes",
-    "bf16_native", "build_backbone", "cmd_bench", "cpu_info", "default_precisions", "describe_machine",
-    "format_table", "hwm_supported", "interleaved", "make_checks", "make_workload", "overhead_parts", "peak_bytes",
-    "peak_in_subprocess", "run_speed", "sequential_steps", "svgd_step", "timed", "tokens_per_row",
-]
-
-# torch and transformers are imported inside the functions: `bmtpt --help` and the other commands build
-# this module's options without paying for them.
-
-
-@dataclass
-class SpeedConfig:
-    """`bmtpt bench speed`: time and memory of bmtpt's SVGD step, batched vs sequential, overheads, peak memory."""
-
-    benchmark: str = opt("speed", "which benchmark: speed", positional=True)
-    backbone: str = opt("t5-base-shape", "hub id, local folder, .gguf file, the alias smollm2-135m, or a random-weight "
-                        "shape preset: " + ", ".join(SHAPE_PRESETS))
-    device: str = opt("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    batch_size: int = opt(4, "examples B per step (every particle sees all of them)")
-    seq_len: int = opt(48, "input tokens per example (random ids; the prompt and the target come on top)")
-    target_len: int = opt(4, "target tokens per example")
-    prompt_length: int = opt(16, "soft prompt length l")
-    particles: int = opt(4, "SVGD particles M")
-    tasks: int = opt(2, "source tasks the batch is split into (per-task losses, as in `bmtpt source`)")
-    repeats: int = opt(3, "timed steps per measurement (the median is reported)")
-    warmup: int = opt(1, "untimed steps before each measurement")
-    precision: str = opt("", "comma-separated autocast precisions (fp32, bf16, fp16); the first is the main one "
-                         "(default: bf16,fp32 on a GPU; fp32 on a CPU, plus bf16 if the CPU has native bf16)")
-    gradient_checkpointing: bool = opt(True, "also measure the main precision with gradient checkpointing")
-    memory: bool = opt(True, "measure peak memory (the M x batch grid and the particle chunk)")
-    memory_particles: str = opt("", "comma-separated M of the memory grid (default: 1, M/2, M)")
-    memory_batch_sizes: str = opt("", "comma-separated batch sizes of the memory grid (default: B/2, B)")
-    chunk: int = opt(1, "particle chunk c: peak of M particles in chunks of c vs a step on c particles")
-    memory_method: str = opt("auto", "CPU peak memory: hwm (VmHWM reset in this process, Linux), subprocess "
-                             "(ru_maxrss of a fresh process per setting) or auto (hwm where possible)",
-                             ("auto", "hwm", "subprocess"))
-    naive: bool = opt(True, "causal LMs: also time the naive step (fp32, LM head at every position)")
-    optimizer: str = opt("adafactor", "optimizer of the prompts", ("adafactor", "adam", "sgd"))
-    threads: int | None = opt(None, "torch intra-op threads (default: torch's choice)")
-    seed: int = opt(0, "random seed (weights of shape presets, token ids, prompts)")
-    trust_remote_code: bool = opt(False, "allow the backbone's own Python code from the hub to run")
-    out: str = opt("", "write every figure, the targets and the machine description to this JSON file")
-
-    def validate(self) -> None:
-        """Raise BmtptError on values that cannot work."""
-        if self.benchmark != "speed":
-            raise BmtptError(f"unknown benchmark {self.benchmark!r} (available: speed)")
-        for name in ("batch_size", "seq_len", "target_len", "prompt_length", "particles", "tasks", "repeats",
-                     "chunk"):
-            if getattr(self, name) <= 0:
-                raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise BmtptError(f"--warmup must be non-negative, got {self.warmup}")
-        if self.threads is not None and self.threads <= 0:
-            raise BmtptError(f"--threads must be positive, got {self.threads}")
-        for p in _split(self.precision):
-            if p not in ("fp32", "bf16", "fp16"):
-                raise BmtptError(f"--precision: unknown precision {p!r} (fp32, bf16, fp16)")
-        for name in ("memory_particles", "memory_batch_sizes"):
-            _ints(getattr(self, name), name)
-
-
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
-def _ints(text: str, name: str) -> list[int]:
-    try:
-        vals = [int(t) for t in _split(text)]
-    except ValueError as e:
-        raise BmtptError(f"--{name.replace('_', '-')} must be comma-separated integers, got {text!r}") from e
-    if any(v <= 0 for v in vals):
-        raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {text!r}")
-    return vals
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -177,7 +92,7 @@ class _Run:
         return m
 
     def pm(self, precision: str, ckpt: bool = False, full_logits: bool = False):
-        from .prompted import PromptedModel
+        from ..prompted import PromptedModel
 
         return PromptedModel(self.model, self.tok, precision, gradient_checkpointing=ckpt, full_logits=full_logits)
 
@@ -214,7 +129,7 @@ class _Run:
     # ------------------------------------------------------------------ sections
     def main(self, precision: str) -> dict:
         """Items 1-3 at the main precision."""
-        from .backbone import backbone_grads
+        from ..backbone import backbone_grads
 
         c, work = self.cfg, self.work
         pm = self.pm(precision)
@@ -314,8 +229,8 @@ def run_speed(cfg: SpeedConfig, model=None, tokenizer=None, log=print) -> dict:
     """Run every measurement and return the results (also written to cfg.out as JSON when set)."""
     import torch
 
-    from .backbone import backbone_grads
-    from .runs import resolve_device
+    from ..backbone import backbone_grads
+    from ..runs import resolve_device
 
     cfg.validate()
     if cfg.threads:
@@ -328,7 +243,7 @@ def run_speed(cfg: SpeedConfig, model=None, tokenizer=None, log=print) -> dict:
     machine = describe_machine(device)
     precisions = _split(cfg.precision) or default_precisions(device, machine)
     run = _Run(cfg, model, tokenizer, device, machine, log)
-    from .prompted import PromptedModel
+    from ..prompted import PromptedModel
 
     causal = not PromptedModel(model, tokenizer).is_seq2seq
     res: dict = {
@@ -367,16 +282,3 @@ def run_speed(cfg: SpeedConfig, model=None, tokenizer=None, log=print) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=2, default=float) + "\n")
     return res
-
-
-def cmd_bench(cfg: SpeedConfig) -> int:
-    """`bmtpt bench speed`: run, print the table, write the JSON."""
-    res = run_speed(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
-    print(format_table(res))
-    if cfg.out:
-        print(f"wrote {cfg.out}")
-    return 0
-
-
-if __name__ == "__main__":  # kept for `python -m bmtpt.bench SPEC`; the subprocess now runs bmtpt.bench_memory
-    print(json.dumps(_memory_child(json.loads(sys.argv[1]))))

@@ -10,28 +10,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .errors import BmtptError
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-# torch and transformers are imported inside the functions: `bmtpt --help` and the other commands build
-# the bench options without paying for them.
+from ..backbone import load_backbone
+from ..data import collate
+from ..errors import BmtptError
+from ..runs import make_optimizer
+from ..source import particle_scores
+from ..svgd import svgd_terms
+from . import SHAPE_PRESETS
 
-T5_IDS = {"decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}
-LLAMA_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-SHAPE_PRESETS = {
-    "t5-base-shape": ("t5", {"vocab_size": 32128, "d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12,
-                             "num_decoder_layers": 12, "num_heads": 12, **T5_IDS}),
-    "t5-small-shape": ("t5", {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6,
-                              "num_decoder_layers": 6, "num_heads": 8, **T5_IDS}),
-    "smollm2-135m-shape": ("llama", {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
-                                     "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-                                     "max_position_embeddings": 8192, "rope_theta": 100000.0, "rms_norm_eps": 1e-5,
-                                     "tie_word_embeddings": True, **LLAMA_IDS}),
-    "tiny-t5-shape": ("t5", {"vocab_size": 128, "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 2,
-                             "num_decoder_layers": 2, "num_heads": 2, **T5_IDS}),
-    "tiny-llama-shape": ("llama", {"vocab_size": 128, "hidden_size": 32, "intermediate_size": 64,
-                                   "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
-                                   "max_position_embeddings": 512, "tie_word_embeddings": True, **LLAMA_IDS}),
-}
 LR = 0.01  # the step's cost does not depend on it; small keeps random-weight runs finite
 
 
@@ -45,10 +34,8 @@ class _ShapeTokenizer:
 
 def build_backbone(name: str, device: str = "cpu", seed: int = 0, trust_remote_code: bool = False):
     """(model, tokenizer) of a shape preset (random weights, stub tokenizer) or via `load_backbone`."""
-    import torch
 
     if name in SHAPE_PRESETS:
-        from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
         arch, kw = SHAPE_PRESETS[name]
         torch.manual_seed(seed)
@@ -59,7 +46,6 @@ def build_backbone(name: str, device: str = "cpu", seed: int = 0, trust_remote_c
         model.requires_grad_(False)
         model.eval()
         return model.to(device), _ShapeTokenizer(kw["pad_token_id"], kw["eos_token_id"])
-    from .backbone import load_backbone
 
     return load_backbone(name, trust_remote_code, device=device)
 
@@ -83,7 +69,6 @@ class Workload:
 def make_workload(model, batch_size: int, seq_len: int, target_len: int, prompt_length: int, particles: int,
                   tasks: int, seed: int = 0) -> Workload:
     """Random token ids (avoiding the ids below 3, the usual specials) and prompts drawn from the vocabulary."""
-    import torch
 
     g = torch.Generator().manual_seed(seed)
     emb = model.get_input_embeddings().weight
@@ -107,12 +92,7 @@ def tokens_per_row(work: Workload) -> int:
 def svgd_step(pm, work: Workload, optimizer: str = "adafactor", chunk: int | None = None, micro_batches: int = 1):
     """A closure running one SVGD step of `bmtpt source` (collate, scores, kernel, optimiser) on its own
     particles and optimiser (`micro_batches`: --grad-accum)."""
-    import torch
 
-    from .data import collate
-    from .runs import make_optimizer
-    from .source import particle_scores
-    from .svgd import svgd_terms
 
     particles = torch.nn.Parameter(work.init.clone())
     opt = make_optimizer([{"params": [particles], "lr": LR}], optimizer, 1e-5)
@@ -134,10 +114,7 @@ def svgd_step(pm, work: Workload, optimizer: str = "adafactor", chunk: int | Non
 
 def sequential_steps(pm, work: Workload, optimizer: str = "adafactor"):
     """A closure running M single-prompt prompt-tuning steps (the loop of `bmtpt target`), one per particle."""
-    import torch
 
-    from .data import collate
-    from .runs import make_optimizer
 
     prompts = [torch.nn.Parameter(work.init[m:m + 1].clone()) for m in range(work.particles)]
     opts = [make_optimizer([{"params": [p], "lr": LR}], optimizer, 1e-5) for p in prompts]
@@ -162,9 +139,7 @@ def backbone_passes(pm, work: Workload):
     The input embeddings are a leaf that requires grad, so the backward computes input gradients only
     (the backbone is frozen); the backward starts from a fixed random gradient of the logits.
     """
-    import torch
 
-    from .data import collate
 
     batch = collate(work.inputs, work.targets, pm.pad_id, pm.is_seq2seq)
     with torch.no_grad():
@@ -200,7 +175,6 @@ def attributed_step(pm, work: Workload, optimizer: str = "adafactor", device: st
     split is not a difference of two medians taken over different calls. On a GPU every mark synchronises
     first, so the marks bound kernels that ran rather than kernels that were queued.
     """
-    import torch
 
     step = svgd_step(pm, work, optimizer)
 
@@ -243,11 +217,7 @@ def attributed_step(pm, work: Workload, optimizer: str = "adafactor", device: st
 
 def overhead_parts(pm, work: Workload, optimizer: str = "adafactor") -> dict:
     """Closures of the directly timeable parts of a step outside the backbone."""
-    import torch
 
-    from .data import collate
-    from .runs import make_optimizer
-    from .svgd import svgd_terms
 
     particles = torch.nn.Parameter(work.init.clone())
     opt = make_optimizer([{"params": [particles], "lr": LR}], optimizer, 1e-5)
@@ -270,7 +240,6 @@ def overhead_parts(pm, work: Workload, optimizer: str = "adafactor") -> dict:
 # ----------------------------------------------------------------------------- timing
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        import torch
 
         torch.cuda.synchronize()
 

@@ -61,6 +61,19 @@ def describe_machine(device: str) -> dict:
     return m
 
 
+def machine_description(device: str = "auto") -> dict:
+    """The short form results files record (experiment.json, a demo's run.json): CPU model, cores, threads,
+    GPU name, Python, torch, platform; drawn from `describe_machine`, the one place that reads the machine."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    m = describe_machine(device)
+    return {"cpu": m["cpu"]["model"], "cores": m["cpu"]["logical_cores"], "torch_threads": m["torch_threads"],
+            "gpu": m["gpu"]["name"] if m["gpu"] else None, "python": m["python"], "torch": m["torch"],
+            "platform": m["platform"]}
+
+
 def bf16_native(machine: dict) -> bool:
     """bf16 runs natively: a GPU that supports it, or a CPU with AVX512-BF16 or AMX-BF16."""
     if machine["gpu"] is not None:

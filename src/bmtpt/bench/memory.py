@@ -2,7 +2,7 @@
 
 `peak_bytes` measures in this process: `torch.cuda.max_memory_allocated` on a GPU, the peak resident
 set (VmHWM, reset through /proc/self/clear_refs) on a CPU. `peak_in_subprocess` runs `_memory_child` in a
-fresh interpreter (`python -m bmtpt.bench_memory SPEC`) and reads getrusage's ru_maxrss.
+fresh interpreter (`python -m bmtpt.bench.memory SPEC`) and reads getrusage's ru_maxrss.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .bench_steps import _sync, build_backbone, make_workload, svgd_step, timed
-from .errors import BmtptError
+from ..errors import BmtptError
+from .steps import _sync, build_backbone, make_workload, svgd_step, timed
 
 
 def _status_kib(field: str) -> int | None:
@@ -83,7 +83,7 @@ def _memory_child(spec: dict) -> dict:
     """One memory setting in a fresh process: build, one step, peak ru_maxrss above the RSS before it."""
     import torch
 
-    from .prompted import PromptedModel
+    from ..prompted import PromptedModel
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -101,7 +101,7 @@ def _memory_child(spec: dict) -> dict:
 
 def peak_in_subprocess(spec: dict) -> tuple[int, float]:
     """Run `_memory_child` in a fresh interpreter."""
-    proc = subprocess.run([sys.executable, "-m", "bmtpt.bench_memory", json.dumps(spec)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "bmtpt.bench.memory", json.dumps(spec)], capture_output=True,
                           text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
