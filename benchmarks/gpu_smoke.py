@@ -119,16 +119,17 @@ def estimate(config: Path, r: dict) -> dict:
     """GPU-hours of every source stage and cell of an experiment config at the measured unit costs.
 
     Evaluations: dev at step 0 and every eval_every steps (and the last step), then one test pass, each on
-    min(split size, cap) examples; split sizes are the tasks' official ones (`Task.split_sizes`)."""
+    min(split size, cap) examples; split sizes are the tasks' official ones (`bmtpt.tasktable.split_sizes`)."""
     from bmtpt.expconfig import load_experiment, plan_experiment
     from bmtpt.tasks import get_task
+    from bmtpt.tasktable import split_sizes
 
     plan = plan_experiment(load_experiment(config))
     sources = sum(s.cfg.steps * stage_rows(s) * r["source_row_s"] for s in plan.stages.values())
     train = evals = probes = 0.0
     for cell in plan.cells:
         cfg, task = cell.target, get_task(cell.task)
-        sizes = task.split_sizes() or {"dev": 1000, "test": 1000}
+        sizes = split_sizes(task) or {"dev": 1000, "test": 1000}
         n_dev, n_test = eval_counts(cfg, sizes["dev"], sizes["test"])
         per_example = (r["cls_example_label_s"] * len(task.verbalizers) if task.is_classification
                        else r["gen_example_s"])

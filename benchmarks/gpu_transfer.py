@@ -98,7 +98,7 @@ UNITS = {"step_floor_s": STEP_FLOOR_S, "train_token_s": TRAIN_TOKEN_S, "eval_bat
          "eval_input_tokens": EVAL_INPUT_TOKENS, "extra_tokens": EXTRA_TOKENS, "cell_overhead_s": CELL_OVERHEAD_S,
          "stage_overhead_s": STAGE_OVERHEAD_S, "model_load_s": MODEL_LOAD_S, "report_s": REPORT_S,
          "final_eval_batch": FINAL_EVAL_BATCH}
-# split sizes of a task whose official sizes are unknown (`Task.split_sizes()` is None)
+# split sizes of a task whose official sizes are unknown (`tasktable.split_sizes` is None)
 DEFAULT_SIZES = {"train": 1000, "dev": 1000, "test": 1000}
 
 # ------------------------------------------------------------------------------------------- the scale
@@ -177,8 +177,9 @@ def tiny_config(data_dir: str, out: str, model_dir: str) -> dict:
 # ---------------------------------------------------------------------------------------------- projection
 def _sizes(task: str) -> dict:
     from bmtpt.tasks import get_task
+    from bmtpt.tasktable import split_sizes
 
-    return get_task(task).split_sizes() or DEFAULT_SIZES
+    return split_sizes(get_task(task)) or DEFAULT_SIZES
 
 
 def _cap(n: int, cap: int | None) -> int:
@@ -226,7 +227,7 @@ def project(config: dict, units: dict | None = None, model_load_s: float | None 
     tokenising its training set, its steps, dev (and a training sample) at step 0, every eval_every steps
     and the last step, one test pass (and SPoT's probe). A source stage: its overhead, tokenising its
     training sets, its steps, and each task's final dev scores under every prompt and their mean (not for
-    MPT). Split sizes are the tasks' official ones (`Task.split_sizes()`), capped as the config says.
+    MPT). Split sizes are the tasks' official ones (`bmtpt.tasktable.split_sizes`), capped as the config says.
     """
     from bmtpt.expconfig import load_experiment, plan_experiment
 

@@ -15,6 +15,7 @@ from bmtpt.suites import SENTENCE_TARGETS, TASKS, readers, sentences, splits
 from bmtpt.suites.readers import MissingDataFile, make_input
 from bmtpt.suites.sentences import long_text, sentence_key
 from bmtpt.tasks import CONVENTIONS, SPLITS, Example
+from bmtpt.tasktable import split_sizes
 
 OTHER = DATA / "other"
 LM_BFF = ("mr", "cr", "subj")
@@ -72,7 +73,7 @@ def test_tasks_are_registered_with_labels_words_and_conventions():
     for name in SENTENCE_TARGETS:
         task = TASKS[name]
         assert task.metrics == ("accuracy",) and task.description and task.official is not None
-        assert task.split_sizes() == dict(zip(SPLITS, HAND_SIZES[name]))
+        assert split_sizes(task) == dict(zip(SPLITS, HAND_SIZES[name]))
 
 
 @pytest.mark.parametrize("convention, original", [
@@ -97,7 +98,7 @@ def test_new_conventions_cut_what_split_sizes_predicts(convention, original):
 @pytest.mark.parametrize("name", SENTENCE_TARGETS)
 def test_real_split_sizes_and_test_labels(name):
     got = tuple(len(real(name, s)) for s in SPLITS)
-    assert got == HAND_SIZES[name] == tuple(TASKS[name].split_sizes()[s] for s in SPLITS)
+    assert got == HAND_SIZES[name] == tuple(split_sizes(TASKS[name])[s] for s in SPLITS)
     assert Counter(e.target for e in real(name, "test")) == TEST_LABELS[name]
     assert all(set(e.target for e in real(name, s)) == set(TASKS[name].verbalizers) for s in SPLITS)
     field = {"snli": "premise", "sick": "premise", "trec": "question"}.get(name, "sentence")

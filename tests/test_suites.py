@@ -12,7 +12,7 @@ import torch
 
 from bmtpt.errors import BmtptError
 from bmtpt.metrics import QuestionLabel
-from bmtpt.suites import TASKS, few_shot, qa, readers, splits, subsample
+from bmtpt.suites import TASKS, qa, readers, splits
 from bmtpt.suites.other import scitail_examples
 from bmtpt.tasks import Example, get_task
 
@@ -81,19 +81,6 @@ def test_halve_by_group_keeps_groups_together():
     dev, test = splits.halve(items, key=lambda e: e.meta["q"])
     dq, tq = {e.meta["q"] for e in dev}, {e.meta["q"] for e in test}
     assert (len(dq), len(tq)) == (4, 5) and not dq & tq and len(dev) + len(test) == len(items)
-
-
-def test_subsample_and_few_shot():
-    items = exs(100)
-    assert subsample(items, None, 1) == items and subsample(items, 500, 1) == items
-    a, b = subsample(items, 10, 1), subsample(items, 10, 1)
-    assert a == b and len(set(a)) == 10 and a != subsample(items, 10, 2)
-    assert len(few_shot(items, 4, 0)) == 4
-    per = few_shot(items, 5, 0, per_label=True)
-    assert Counter(e.target for e in per) == {"a": 5, "b": 5}
-    assert Counter(e.target for e in few_shot(exs(4), 5, 0, per_label=True)) == {"a": 2, "b": 2}
-    with pytest.raises(ValueError):
-        few_shot(items, -1, 0)
 
 
 # --- real files in ../shared/data ----------------------------------------------------------------------

@@ -15,7 +15,8 @@ from bmtpt.cli import main
 from bmtpt.suites import TASKS, splits
 from bmtpt.suites.sizes import OFFICIAL
 from bmtpt.synth import SPLIT_SIZES
-from bmtpt.tasks import CONVENTIONS, MISSING, SPLITS, Example, count_all, count_splits, list_tasks, task_table
+from bmtpt.tasks import CONVENTIONS, SPLITS, Example, list_tasks
+from bmtpt.tasktable import MISSING, count_all, count_splits, split_sizes, task_table
 
 # the original splits each of bmtpt's splits is cut from, by convention
 SOURCES = {"small": {"train": ("train",), "dev": ("validation",), "test": ("validation",)},
@@ -61,7 +62,7 @@ def test_every_task_has_a_convention_and_sizes():
     assert set(OFFICIAL) == set(TASKS)
     for t in tasks:
         assert t.convention in CONVENTIONS and t.official is not None, t.name
-        sizes = t.split_sizes()
+        sizes = split_sizes(t)
         assert set(sizes) == set(SPLITS) and all(isinstance(n, int) and n > 0 for n in sizes.values()), t.name
         assert set(t.official.counted) <= set(t.official.original), t.name
         if t.suite == "synth":
@@ -72,12 +73,12 @@ def test_every_task_has_a_convention_and_sizes():
                                                    + SOURCES[t.convention]["test"]
                                                    + UNUSED.get(t.convention, ())), t.name
     # spot checks against the published numbers and the convention
-    assert TASKS["rte"].split_sizes() == {"train": 2490, "dev": 138, "test": 139}
-    assert TASKS["qqp"].split_sizes() == {"train": 362_846, "dev": 1000, "test": 40_430}
-    assert TASKS["mnli"].split_sizes() == {"train": 392_702, "dev": 9_832, "test": 9_815}
-    assert TASKS["multirc"].split_sizes() == {"train": 27_243, "dev": 2_410, "test": 2_438}
-    assert TASKS["winogrande-s"].split_sizes() == {"train": 640, "dev": 633, "test": 634}
-    assert TASKS["winogrande-m"].split_sizes() == {"train": 1_558, "dev": 1000, "test": 1_267}
+    assert split_sizes(TASKS["rte"]) == {"train": 2490, "dev": 138, "test": 139}
+    assert split_sizes(TASKS["qqp"]) == {"train": 362_846, "dev": 1000, "test": 40_430}
+    assert split_sizes(TASKS["mnli"]) == {"train": 392_702, "dev": 9_832, "test": 9_815}
+    assert split_sizes(TASKS["multirc"]) == {"train": 27_243, "dev": 2_410, "test": 2_438}
+    assert split_sizes(TASKS["winogrande-s"]) == {"train": 640, "dev": 633, "test": 634}
+    assert split_sizes(TASKS["winogrande-m"]) == {"train": 1_558, "dev": 1000, "test": 1_267}
     assert (TASKS["cb"].official.source, TASKS["qnli"].official.source, TASKS["rte"].official.source) == (
         "published", "val counted", "counted")
 
@@ -118,7 +119,7 @@ def test_official_sizes_match_the_real_files(name):
     counts = count_splits(task, str(DATA))
     if all(c == MISSING for c in counts.values()):
         pytest.skip(f"no {name} files under {DATA}: its sizes are the published ones")
-    expected = task.split_sizes()
+    expected = split_sizes(task)
     sources = SOURCES[task.convention]
     for split, got in counts.items():
         originals = set(sources[split])
@@ -147,7 +148,7 @@ def test_tasks_table_lists_every_task_with_sizes_and_metrics(capsys):
         row = row_of(out, t.name)
         cells = row.split()
         assert cells[1:3] == [t.suite, t.convention]
-        sizes = t.split_sizes()
+        sizes = split_sizes(t)
         assert [f"{sizes[s]:,}" for s in SPLITS] in [cells[i:i + 3] for i in range(len(cells))], row
         assert ", ".join(t.metrics) in row and t.description in row
     assert "392,702" in row_of(out, "mnli") and "9,815m+9,832mm" in row_of(out, "mnli")
@@ -178,7 +179,7 @@ def test_tasks_markdown_table(capsys):
 
 
 def test_tasks_reads_no_data_and_imports_no_torch_without_data_dir():
-    code = ("import sys\nfrom bmtpt.tasks import list_tasks, task_table\n"
+    code = ("import sys\nfrom bmtpt.tasks import list_tasks\nfrom bmtpt.tasktable import task_table\n"
             "task_table(list_tasks()); task_table(list_tasks(), 'md')\n"
             "heavy = [m for m in ('torch', 'sklearn', 'scipy', 'datasets') if m in sys.modules]\n"
             "assert not heavy, heavy")

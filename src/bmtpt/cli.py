@@ -186,7 +186,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     """Print the registered tasks: split convention, official and train/dev/test sizes, metrics."""
-    from .tasks import count_all, get_task, list_tasks, task_table
+    from .tasks import get_task, list_tasks
+    from .tasktable import count_all, task_table
 
     for f in args.files:  # task YAML files join the registry (suite "custom")
         if not f.lower().endswith((".yaml", ".yml")):

@@ -256,11 +256,6 @@ def result_neutral_options() -> frozenset[str]:
     return frozenset(f.name for cls in (SourceConfig, TargetConfig) for f in fields(cls) if f.metadata.get("neutral"))
 
 
-def config_fields(cls) -> list:
-    """The dataclass fields of a config class, in declaration order."""
-    return list(fields(cls))
-
-
 @dataclass
 class EvalConfig:
     """`bmtpt eval`: evaluate a saved run's prompt on a split and write eval-SPLIT.json into the run."""

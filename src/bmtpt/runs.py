@@ -260,7 +260,3 @@ class JsonlLog:
             f.truncate(position)
 
 
-def to_float_dict(d: dict) -> dict:
-    """Round floats for logs."""
-    return {k: (round(float(v), 6) if isinstance(v, float | int) and not isinstance(v, bool) else v)
-            for k, v in d.items()}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from ..tasks import Task
 from . import glue, other, qa, sentences, superglue
-from .splits import few_shot, subsample
 
 SOURCE_TASKS = ("mnli", "qnli", "qqp", "sst2", "squad", "record")
 GLUE_TARGETS = ("mnli", "qqp", "qnli", "sst2", "stsb", "mrpc", "rte", "cola")
@@ -24,4 +23,4 @@ SENTENCE_TARGETS = ("snli", "sick", "mr", "cr", "subj", "trec")
 TASKS: dict[str, Task] = {**glue.TASKS, **superglue.TASKS, **qa.TASKS, **other.TASKS, **sentences.TASKS}
 
 __all__ = ["GLUE_TARGETS", "MRQA_TARGETS", "OTHER_TARGETS", "SENTENCE_TARGETS", "SOURCE_TASKS", "SUPERGLUE_TARGETS",
-           "TASKS", "few_shot", "subsample"]
+           "TASKS"]

@@ -19,13 +19,12 @@ Tasks whose data sets come with other splits (the `sentences` suite, see `senten
   (1,000 shuffled ones are dev, the rest train).
 
 The permutation is `torch.randperm` with a generator seeded 42, as in ATTEMPT's code, so the splits
-are the published ones example for example. `subsample` and `few_shot` are where a run's own seed
-comes in (cap on training examples, k-shot training sets).
+are the published ones example for example. A run's own seed comes in later, when it samples its training
+set (`bmtpt.runs.load_split`: the cap on training examples and k-shot sets).
 """
 
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
@@ -143,7 +142,7 @@ def make_loader(local: Callable[[Path, str], list[Example]], hub: Fetch, convent
     `hub(original split)`, cut by `convention` (one of `LOADER_CONVENTIONS`).
 
     The loader's `seed` is not used: the split shuffle is fixed at 42; pass the run's seed to
-    `subsample` / `few_shot` on the training split instead.
+    `bmtpt.runs.load_split` when it samples the training split instead.
     """
     if convention not in LOADER_CONVENTIONS:
         raise ValueError(f"unknown split convention {convention!r}")
@@ -164,32 +163,3 @@ def make_loader(local: Callable[[Path, str], list[Example]], hub: Fetch, convent
 
     loader.convention = convention  # type: ignore[attr-defined]  # read by Task (the table of `bmtpt tasks`)
     return loader
-
-
-# --- the run's own sub-sampling -----------------------------------------------------------------------
-
-def subsample(examples: Sequence[T], n: int | None, seed: int) -> list[T]:
-    """At most `n` examples drawn without replacement with `seed` (all of them, in order, if n is None or
-    at least len(examples)); the `max_train_examples` cap."""
-    if n is None or n >= len(examples):
-        return list(examples)
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    return random.Random(seed).sample(list(examples), n)
-
-
-def few_shot(examples: Sequence[Example], k: int, seed: int, per_label: bool = False) -> list[Example]:
-    """A k-shot training set: k examples of the task drawn with `seed` (MPT's few-shot setting), or, with
-    `per_label`, k examples of each target (LM-BFF's k per class; a class with fewer keeps them all)."""
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    if not per_label:
-        return subsample(examples, k, seed)
-    by_label: dict[str, list[Example]] = defaultdict(list)
-    for ex in examples:
-        by_label[ex.target].append(ex)
-    rng = random.Random(seed)
-    picked = [ex for label in sorted(by_label)
-              for ex in rng.sample(by_label[label], min(k, len(by_label[label])))]
-    rng.shuffle(picked)  # don't hand a trainer all of one class first
-    return picked
