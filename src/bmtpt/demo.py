@@ -90,10 +90,10 @@ class DemoSizes:
     source_init: str = "vocab-shared:0.25"
 
 
-FULL = DemoSizes(targets=TARGETS, source_steps=30, target_steps=20, eval_every=10, dev_examples=64,
+FULL = DemoSizes(targets=TARGETS, source_steps=24, target_steps=16, eval_every=8, dev_examples=48,
                  test_examples=500)
-QUICK = DemoSizes(targets=TARGETS[:1], source_steps=6, target_steps=8, eval_every=8, dev_examples=32,
-                  test_examples=150)
+QUICK = DemoSizes(targets=TARGETS[:1], source_steps=5, target_steps=6, eval_every=6, dev_examples=24,
+                  test_examples=100)
 # without real data: the generated suite (its splits are small, so all of a split is scored)
 SYNTH_FULL = DemoSizes(targets=tuple(SYNTH_TARGETS), sources=tuple(SYNTH_SOURCES), source_steps=24,
                        target_steps=16, eval_every=16, dev_examples=32, test_examples=400, shots=None)
