@@ -285,3 +285,24 @@ def test_a_cell_checkpoint_from_another_posterior_is_started_over(tmp_path, tiny
     assert resume_or_restart(cfg, "target", "target.json").resume is True
     other = resume_or_restart(dataclasses.replace(cfg, posterior=str(tmp_path / "b")), "target", "target.json")
     assert other.resume is False
+
+
+def test_methods_option_runs_only_those_cells_and_reports_all_finished(tmp_path, tiny_llama, monkeypatch):
+    cfg = _config(tmp_path / "exp", seeds=[0])
+    counter = _Counting()
+    monkeypatch.setattr(experiment, "run_target", counter)
+    lines = []
+    first = run_experiment(cfg, *tiny_llama, plots=False, methods=["pt"], echo=lines.append)
+    assert counter.calls == 1 and [r["method"] for r in first.records] == ["pt"]
+    assert "1 to run, 1 of other methods left for later" in lines[0]
+    assert not (tmp_path / "exp" / "sources").exists()  # bmtpt's source stage waits with its cells
+    second = run_experiment(cfg, *tiny_llama, plots=False, echo=None)
+    assert counter.calls == 2 and [r["method"] for r in second.records] == ["pt", "bmtpt"]
+
+
+def test_methods_option_refuses_unknown_names(tmp_path, capsys):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path / "exp")))
+    assert main(["experiment", str(path), "--methods", "pt,spot"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "spot is not a method of grid (its methods: pt, bmtpt)" in err

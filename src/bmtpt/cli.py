@@ -54,6 +54,11 @@ def _number(kind):
     return parse
 
 
+def _name_list(text: str) -> list[str]:
+    """'pt,avg, bmtpt' -> ['pt', 'avg', 'bmtpt'] (empty items dropped)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
     """One option per dataclass field (`--snake-case`), its help, default and choices."""
     for f in dataclasses.fields(cls):
@@ -180,7 +185,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     """Run (or continue) an experiment grid, or only re-render its report."""
     from .experiment import run_experiment
 
-    run_experiment(args.config, render_only=args.render_only, progress=args.progress, plots=args.plots)
+    run_experiment(args.config, render_only=args.render_only, progress=args.progress, plots=args.plots,
+                   methods=args.methods)
     return 0
 
 
@@ -294,6 +300,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="progress bars of the stages (default: the config's progress key)")
     x.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="draw the PNG plots (default: yes; needs matplotlib)")
+    x.add_argument("--methods", type=_name_list, metavar="M[,M...]",
+                   help="run only the cells of these methods of the config (e.g. the main comparison first); "
+                   "the others wait for a later call, and the report shows every finished cell")
     return p
 
 

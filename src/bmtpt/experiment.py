@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -183,17 +183,25 @@ def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
 
 
 def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, render_only: bool = False,
-                   progress: bool | None = None, plots: bool = True,
+                   progress: bool | None = None, plots: bool = True, methods: Sequence[str] | None = None,
                    echo: Callable[[str], None] | None = print) -> ExperimentResult:
     """Run (or continue) the grid of a YAML file or dict, then render results.md and the plots.
 
     `model`/`tokenizer` reuse an already loaded backbone; `progress` overrides the config's progress
-    bars; `plots=False` writes results.md without PNGs; `echo` receives one line per cell (None: silent).
+    bars; `plots=False` writes results.md without PNGs; `methods` runs only the cells of these methods
+    (the others wait for a later call; the report shows every finished cell); `echo` receives one line
+    per cell (None: silent).
     """
     exp = load_experiment(config)
     if progress is not None:
         exp.progress = progress
     plan = plan_experiment(exp)
+    if methods is not None:
+        known = [spec.name for spec in exp.methods]
+        unknown = [m for m in methods if m not in known]
+        if unknown or not methods:
+            raise BmtptError(f"--methods: {', '.join(unknown) or 'nothing'} is not a method of {exp.name} "
+                             f"(its methods: {', '.join(known)})")
     say = echo or (lambda _msg: None)
     out = Path(exp.out).expanduser()
     results = out / "results.jsonl"
@@ -208,8 +216,13 @@ def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, ren
         atomic_write_json({**exp.as_dict(), "machine": machine_description()}, out / "experiment.json")
         finished = {(r["key"], r.get("config_hash")) for r in read_records(results)}
         todo = [c for c in plan.cells if (c.key, c.config_hash) not in finished]
-        say(f"{exp.name}: {len(plan.cells)} cells, {len(plan.cells) - len(todo)} already finished, "
-            f"{len(todo)} to run; output in {out}")
+        waiting = 0
+        if methods is not None:  # the other methods' cells are left for a later call
+            waiting = sum(c.method not in methods for c in todo)
+            todo = [c for c in todo if c.method in methods]
+        say(f"{exp.name}: {len(plan.cells)} cells, {len(plan.cells) - len(todo) - waiting} already finished, "
+            f"{len(todo)} to run" + (f", {waiting} of other methods left for later" if waiting else "")
+            + f"; output in {out}")
         backbone, cache = _Backbone(exp, model, tokenizer), {}
         for i, cell in enumerate(todo, 1):
             t0 = time.time()
