@@ -103,6 +103,14 @@ def test_probe_starts_from_its_own_init(tiny_llama):
     torch.testing.assert_close(probe, again)
 
 
+def test_a_diverging_probe_is_a_one_line_error(tiny_llama):
+    cfg = TargetConfig(model="tiny-llama", out="unused", task="synth-product", method="pt", steps=1, batch_size=4,
+                       max_train_examples=8, optimizer="sgd", lr=0.1, weight_decay=0.0, device="cpu")
+    start = torch.full((4, 32), float("inf"))
+    with pytest.raises(BmtptError, match="the loss became non-finite at step 1 of the SPoT probe on synth-product"):
+        train_probe(cfg, 3, 4, *tiny_llama, start=start)
+
+
 def test_baselines_end_to_end(tmp_path, tiny_llama):
     cfg = {"name": "baselines", "out": str(tmp_path / "exp"), "model": "tiny-llama", "device": "cpu",
            "progress": False, "prompt_length": 4, "batch_size": 4, "lr": 0.05, "optimizer": "adam",

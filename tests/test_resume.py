@@ -235,6 +235,32 @@ def test_source_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_llam
     assert res.info["bandwidth"] == ref.info["bandwidth"]
 
 
+def test_mpt_source_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_llama, monkeypatch):
+    """The MPT baseline's source stage shares the run session, so it resumes as the SVGD stage does."""
+    from bmtpt import baselines
+
+    def cfg(out, **kw):
+        return baselines.MptConfig(model="tiny-llama", out=str(out), tasks=TASKS, steps=7, batch_size=6,
+                                   prompt_length=3, max_train_examples=24, log_every=1, checkpoint_every=3,
+                                   lr_factor=0.05, progress=False, device="cpu", **kw)
+
+    ref = baselines.train_mpt_source(cfg(tmp_path / "ref"), *tiny_llama)
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, baselines, "mixed_batch", 5)  # checkpoint at 3, step 4 logged, killed in 5
+    with pytest.raises(KeyboardInterrupt):
+        baselines.train_mpt_source(cfg(out), *tiny_llama)
+    monkeypatch.undo()
+    assert read_checkpoint_meta(out)["step"] == 3 and [r["step"] for r in records(out)] == [1, 2, 3, 4]
+    with pytest.raises(BmtptError, match="unfinished run"):
+        baselines.train_mpt_source(cfg(out), *tiny_llama)
+    res = baselines.train_mpt_source(cfg(out, resume=True), *tiny_llama)
+    assert torch.equal(res.particles, ref.particles) and not torch.equal(res.particles, load_file(
+        str(out / "particles.safetensors"))["initial"])  # training moved the shared prompt
+    assert records(out) == records(tmp_path / "ref")
+    a, b = (load_file(str(d / baselines.MPT_FACTORS_FILE)) for d in (out, tmp_path / "ref"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _target_cfg(out, posterior, **kw) -> TargetConfig:
     base = dict(model="tiny-llama", out=str(out), task="synth-product", posterior=str(posterior), steps=9,
                 eval_every=2, log_every=1, checkpoint_every=3, batch_size=4, max_train_examples=16,

@@ -30,25 +30,17 @@ from torch import Tensor
 
 from . import __version__
 from .backbone import load_backbone
+from .checkpoint import Checkpoint
 from .config import SourceConfig, TargetConfig, opt
 from .data import EpochSampler, select_rows
 from .errors import BmtptError
 from .prompted import PromptedModel, mean_loss_by_group
 from .prompts import init_prompts
 from .runfiles import atomic_save_tensors, load_initial_particles, read_json_object, save_posterior
-from .runs import (
-    JsonlLog,
-    check_data_dir,
-    load_split,
-    load_train,
-    make_optimizer,
-    prepare_run_dir,
-    resolve_device,
-    save_config,
-    seed_everything,
-)
+from .runs import load_split, load_train, make_optimizer, seed_everything
+from .session import RunSession
 from .source import SourceResult, mixed_batch, mixing_sizes
-from .target import accumulate_backward
+from .target import prompt_step
 from .tasks import get_task, parse_task_list
 
 MPT_FACTORS_FILE = "mpt_factors.safetensors"
@@ -93,22 +85,17 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
     The objective is the token-mean NLL over each mixed batch (multi-task training on the concatenated
     data sets, --mixing deciding each task's share of a batch); every row uses its own task's prompt.
     """
-    cfg.validate()
+    session = RunSession(cfg, "mpt-source")
     tasks = parse_task_list(cfg.tasks)
-    check_data_dir(cfg.data_dir)
-    device = resolve_device(cfg.device)
-    out = prepare_run_dir(cfg)
-    save_config(out, "mpt-source", cfg)
-    seed_everything(cfg.seed)
+    session.seed()
+    train = [load_split(task, "train", cfg, cfg.max_train_examples) for task in tasks]  # data errors first
     if model is None:
-        model, tokenizer = load_backbone(cfg.model, cfg.trust_remote_code, device=device)
+        model, tokenizer = load_backbone(cfg.model, cfg.trust_remote_code, device=session.device)
     pm = PromptedModel.for_run(model, tokenizer, cfg)
 
-    encoded, samplers = [], []
-    for k, task in enumerate(tasks):  # the same data pipeline as the SVGD source stage
-        examples = load_split(task, "train", cfg, cfg.max_train_examples)
-        encoded.append(pm.encode(task, examples, cfg.max_target_tokens))
-        samplers.append(EpochSampler(len(examples), cfg.seed * 1000 + k))
+    # the same data pipeline as the SVGD source stage
+    encoded = [pm.encode(task, examples, cfg.max_target_tokens) for task, examples in zip(tasks, train)]
+    samplers = [EpochSampler(len(examples), cfg.seed * 1000 + k) for k, examples in enumerate(train)]
     sizes = [len(e) for e in encoded]
     per_task = mixing_sizes(sizes, cfg.batch_size, cfg.mixing, cfg.mixing_temperature)
     num = len(tasks)
@@ -126,8 +113,21 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
                           cfg.optimizer, cfg.weight_decay)
     groups = torch.tensor([k for k, n in enumerate(per_task) for _ in range(n)], device=pm.device)
     names = [t.name for t in tasks]
-    log = JsonlLog(out / "metrics.jsonl")
-    for step in range(1, cfg.steps + 1):
+    live = {"shared_prompt": shared, "task_cols": u, "task_rows": v}
+
+    def restore(ckpt: Checkpoint) -> None:
+        """The shared prompt, task factors and data position of the checkpoint."""
+        if ckpt.state["train_sizes"] != sizes or any(ckpt.tensors[k].shape != p.shape for k, p in live.items()):
+            raise BmtptError(f"cannot resume {session.out}: the training data or the prompt shapes changed since "
+                             f"the checkpoint (train sizes {ckpt.state['train_sizes']} then, {sizes} now)")
+        with torch.no_grad():
+            for k, p in live.items():
+                p.copy_(ckpt.tensors[k].to(p.device))
+        for sampler, state in zip(samplers, ckpt.state["samplers"], strict=True):
+            sampler.load_state_dict(state)
+
+    session.open(opt_, restore)
+    for step in session.steps(f"source (mpt, {num} tasks)"):
         batch = mixed_batch(encoded, samplers, per_task, pm.pad_id, pm.is_seq2seq)
         ntok = batch.target_mask.sum(-1).to(pm.device)
         opt_.zero_grad(set_to_none=True)
@@ -141,26 +141,32 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
         nll = torch.cat(nlls)
         loss = nll.sum() / ntok.sum().clamp_min(1)
         if not torch.isfinite(loss):
-            raise BmtptError(f"loss became non-finite at step {step} of the MPT source stage (try a lower lr)")
+            raise session.nonfinite("the loss", step, names)
         opt_.step()
+        if not all(torch.isfinite(p).all() for p in live.values()):  # never into a checkpoint
+            raise session.nonfinite("the prompt", step, names)
+        session.show(loss=loss.item())
         if step % cfg.log_every == 0 or step == cfg.steps:
             per = mean_loss_by_group(nll.detach(), ntok, groups, num)
             # particle_loss has the SVGD stage's meaning (the one particle's summed task losses), so the
             # same plots read both folders
-            log.write(step=step, loss=loss.item(), **{f"loss/{n}": float(x) for n, x in zip(names, per)},
-                      particle_loss=[round(float(per.sum()), 6)])
+            session.log.write(step=step, loss=loss.item(), **{f"loss/{n}": float(x) for n, x in zip(names, per)},
+                              particle_loss=[round(float(per.sum()), 6)])
+        if session.checkpoint_due(step):
+            session.save_checkpoint(step, dict(live), opt_, {"samplers": [s.state_dict() for s in samplers],
+                                                             "train_sizes": sizes})
 
     final = shared.detach().float().cpu()
     atomic_save_tensors({"shared_prompt": final, "task_cols": u.detach().float(), "task_rows": v.detach().float()},
-                        out / MPT_FACTORS_FILE)
+                        session.out / MPT_FACTORS_FILE)
     info = {"backbone": cfg.model, "source_tasks": names, "method": "mpt",
             # one particle has no kernel width; the target stage needs one only for its prior (off for mpt)
             "bandwidth": None, "library_version": __version__, "steps": cfg.steps, "batch_per_task": per_task,
             "train_sizes": sizes, "compute": {"example_passes": sum(per_task) * cfg.steps},
             "trainable_parameters": mpt_trainable_parameters(length, width, num), "task_factors": MPT_FACTORS_FILE,
             "hyperparameters": cfg.to_dict()}
-    save_posterior(out, final[None], info, initial=shared_init[None])
-    return SourceResult(final[None], info, out)
+    save_posterior(session.out, final[None], info, initial=shared_init[None])
+    return SourceResult(final[None], info, session.out)
 
 
 # ----------------------------------------------------------------------------- SPoT
@@ -216,13 +222,10 @@ def train_probe(cfg: TargetConfig, steps: int, length: int, model, tokenizer, st
         start = init_prompts(model, tokenizer, 1, length, "vocab", cfg.seed + PROBE_SEED_OFFSET)[0]
     prompt = torch.nn.Parameter(start.clone().float().to(pm.device))
     opt_ = make_optimizer([{"params": [prompt], "lr": cfg.lr}], cfg.optimizer, cfg.weight_decay)
-    for step in range(1, steps + 1):
-        opt_.zero_grad(set_to_none=True)
-        loss, _ = accumulate_backward(pm, lambda: prompt, None, 0.0, enc, sampler.take(cfg.batch_size),
-                                      cfg.grad_accum)
-        if not torch.isfinite(loss):
-            raise BmtptError(f"loss became non-finite at step {step} of the SPoT probe on {task.name}")
-        opt_.step()
+    for step in range(1, steps + 1):  # the target run's step, without a run folder or evaluations
+        prompt_step(pm, lambda: prompt, [prompt], opt_, None, 0.0, enc, sampler.take(cfg.batch_size), cfg.grad_accum,
+                    lambda what, step=step: BmtptError(f"{what} became non-finite at step {step} of the SPoT probe "
+                                                       f"on {task.name} (try a lower --lr)"))
     return prompt.detach().float().cpu(), steps * cfg.batch_size
 
 

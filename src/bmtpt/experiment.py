@@ -138,8 +138,8 @@ def ensure_stage(stage: Stage, backbone: Callable, cache: dict) -> tuple:
         except BmtptError:
             pass  # a damaged stage is trained again (its folder is overwritten)
     model, tokenizer = backbone()
-    if stage.kind == "mpt":  # the MPT baseline's stage has no checkpoints
-        train_mpt_source(stage.cfg, model, tokenizer)
+    if stage.kind == "mpt":
+        train_mpt_source(resume_or_restart(stage.cfg, "mpt-source", "posterior.json"), model, tokenizer)
     else:
         run_source(resume_or_restart(stage.cfg, "source", "posterior.json"), model, tokenizer)
     cache[stage.key] = load_posterior(folder)

@@ -26,25 +26,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import Checkpoint, check_resume_options, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint
 from .config import SourceConfig, parse_likelihood_scale, parse_task_weights
 from .data import Batch, EpochSampler, collate, select_rows
 from .errors import BmtptError
 from .prompted import PromptedModel
 from .prompts import init_prompts
 from .runfiles import save_posterior
-from .runs import (
-    JsonlLog,
-    check_data_dir,
-    check_run_dir,
-    load_model,
-    load_split,
-    make_optimizer,
-    prepare_run_dir,
-    resolve_device,
-    save_config,
-    seed_everything,
-)
+from .runs import load_model, load_split, make_optimizer
+from .session import RunSession
 from .svgd import mean_pairwise_distance, median_bandwidth, pairwise_sq_dists, svgd_terms
 from .tasks import parse_task_list
 
@@ -147,23 +137,17 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     cfg.resume the run continues from cfg.out's checkpoint and ends exactly as if never interrupted.
     Every input is checked (and the backbone and data loaded) before the run folder is touched.
     """
-    cfg.validate()
+    session = RunSession(cfg, "source")
     tasks = parse_task_list(cfg.tasks)
-    check_data_dir(cfg.data_dir)
     scale = parse_likelihood_scale(cfg.likelihood_scale)
     independent = cfg.method == "independent"
     if independent and cfg.particles != len(tasks):
         raise BmtptError(f"--method independent trains one prompt per task: --particles must be {len(tasks)}")
-    device = resolve_device(cfg.device)
-    check_run_dir(cfg)
-    ckpt = load_checkpoint(cfg.out, "source") if cfg.resume else None
-    if ckpt is not None:
-        check_resume_options(ckpt.config, cfg.to_dict(), cfg.out)
-    seed_everything(cfg.seed)
+    session.seed()
     train = [load_split(task, "train", cfg, cfg.max_train_examples) for task in tasks]  # data errors before the model
     dev = [load_split(task, "dev", cfg, cfg.final_eval_examples) for task in tasks] if cfg.final_eval_examples else []
     if model is None:
-        model, tokenizer = load_model(cfg, device)
+        model, tokenizer = load_model(cfg, session.device)
     pm = PromptedModel.for_run(model, tokenizer, cfg)
 
     # tokenise each data set once; steps only cut batches from the ids
@@ -175,47 +159,48 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     weights = weights * torch.tensor(parse_task_weights(cfg.task_weights, len(tasks)) or [1.0] * len(tasks))
 
     initial = init_prompts(model, tokenizer, cfg.particles, cfg.prompt_length, cfg.init, cfg.seed)
-    particles = torch.nn.Parameter(initial.clone().to(device))
+    particles = torch.nn.Parameter(initial.clone().to(session.device))
     opt = make_optimizer([{"params": [particles], "lr": cfg.lr}], cfg.optimizer, cfg.weight_decay)
-    groups = torch.tensor([k for k, n in enumerate(per_task) for _ in range(n)], device=device)
+    groups = torch.tensor([k for k, n in enumerate(per_task) for _ in range(n)], device=session.device)
     names = [t.name for t in tasks]
-    bandwidth = cfg.bandwidth or 1.0
+    run = {"bandwidth": cfg.bandwidth or 1.0}
     rows_per_step = len(groups) * (1 if independent else cfg.particles)
     # the empirical Fisher of the source posterior (mean squared score over the second half of the steps, all
     # particles): the target's `--prior fisher` shapes its precision with it
     fisher = {"sum": torch.zeros_like(particles.detach()[0]), "n": 0}
 
-    out = prepare_run_dir(cfg, resumable=True)
-    log = JsonlLog(out / "metrics.jsonl")
-    start, last_saved = 1, None
-    if ckpt is None:
-        save_config(out, "source", cfg)
-    else:  # the resumed run keeps the interrupted run's config.yaml
-        log, bandwidth = _restore(ckpt, particles, opt, samplers, sizes, log, fisher)
-        start, last_saved = ckpt.step + 1, ckpt.step
+    def restore(ckpt: Checkpoint) -> None:
+        """The particles, data position, kernel width and Fisher sums of the checkpoint (a checkpoint written
+        before the Fisher estimate existed has none: the estimate then starts at the resume)."""
+        saved = ckpt.tensors["particles"]
+        if ckpt.state["train_sizes"] != sizes or saved.shape != particles.shape:
+            raise BmtptError(f"cannot resume {session.out}: the training data or the prompt shapes changed since "
+                             f"the checkpoint (train sizes {ckpt.state['train_sizes']} then, {sizes} now)")
+        with torch.no_grad():
+            particles.copy_(saved.to(particles.device))
+        for sampler, state in zip(samplers, ckpt.state["samplers"], strict=True):
+            sampler.load_state_dict(state)
+        run["bandwidth"] = float(ckpt.state["bandwidth"])
+        if "fisher_sum" in ckpt.tensors:
+            fisher["sum"].copy_(ckpt.tensors["fisher_sum"].to(fisher["sum"].device))
+            fisher["n"] = int(ckpt.state.get("fisher_n", 0))
 
-    def nonfinite(step: int, what: str, on: list[str]) -> BmtptError:
-        kept = f"the last good checkpoint (step {last_saved}) is kept in {out}" if last_saved else "no checkpoint yet"
-        return BmtptError(f"{what} became non-finite at step {step} on task{'s' * (len(on) > 1)} {', '.join(on)}; "
-                          f"{kept} (try a lower --lr)")
-
-    bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps,
-               desc=f"source ({cfg.method}, M={cfg.particles})", disable=not cfg.progress)
-    for step in bar:
+    out = session.open(opt, restore)
+    for step in session.steps(f"source ({cfg.method}, M={cfg.particles})"):
         batch = mixed_batch(encoded, samplers, per_task, pm.pad_id, pm.is_seq2seq)
         scores, losses = particle_scores(pm, particles, batch, groups, len(tasks), weights, cfg.prior_std,
                                          independent, cfg.particle_chunk, cfg.grad_accum)
         bad = [names[k] for k in range(len(tasks)) if not torch.isfinite(losses[:, k]).all()]
         if bad:
-            raise nonfinite(step, "the loss", bad)
+            raise session.nonfinite("the loss", step, bad)
         if not torch.isfinite(scores).all():  # finite losses, overflowing gradient: every task contributes
-            raise nonfinite(step, "the gradient", names)
+            raise session.nonfinite("the gradient", step, names)
         if independent:
             phi, record = scores, {}
         else:
             terms = svgd_terms(particles.detach(), scores, cfg.bandwidth, cfg.kernel_view)
-            phi, bandwidth = terms.drive + cfg.repulsion * terms.repulse, terms.bandwidth
-            record = {"bandwidth": bandwidth, "mean_distance": mean_pairwise_distance(terms.sq_dists),
+            phi, run["bandwidth"] = terms.drive + cfg.repulsion * terms.repulse, terms.bandwidth
+            record = {"bandwidth": terms.bandwidth, "mean_distance": mean_pairwise_distance(terms.sq_dists),
                       "drive_norm": _mean_norm(terms.drive), "repulse_norm": _mean_norm(terms.repulse)}
         if step > cfg.steps // 2:
             fisher["sum"] += scores.detach().to(fisher["sum"].dtype).pow(2).sum(0)
@@ -224,22 +209,20 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
         opt.step()
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(particles).all():  # never let a non-finite prompt into a checkpoint
-            raise nonfinite(step, "the particles", names)
+            raise session.nonfinite("the particles", step, names)
         mean_loss = losses.mean().item() if not independent else losses.sum(1).mean().item()
-        bar.set_postfix(loss=f"{mean_loss:.4f}")
+        session.show(loss=mean_loss)
         if step % cfg.log_every == 0 or step == cfg.steps:
             task_loss = losses.mean(0) if not independent else losses.sum(0)
-            log.write(step=step, loss=mean_loss, **{f"loss/{n}": float(v) for n, v in zip(names, task_loss)},
-                      particle_loss=[round(float(x), 6) for x in losses.sum(1)], **record)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(out, "source", step, cfg.to_dict(), {"particles": particles, "fisher_sum": fisher["sum"]},
-                            opt, {"samplers": [s.state_dict() for s in samplers], "train_sizes": sizes,
-                                  "bandwidth": bandwidth, "log_position": log.position(),
-                                  "elapsed_s": log.elapsed(), "fisher_n": fisher["n"]})
-            last_saved = step
+            session.log.write(step=step, loss=mean_loss, **{f"loss/{n}": float(v) for n, v in zip(names, task_loss)},
+                              particle_loss=[round(float(x), 6) for x in losses.sum(1)], **record)
+        if session.checkpoint_due(step):
+            session.save_checkpoint(step, {"particles": particles, "fisher_sum": fisher["sum"]}, opt,
+                                    {"samplers": [s.state_dict() for s in samplers], "train_sizes": sizes,
+                                     "bandwidth": run["bandwidth"], "fisher_n": fisher["n"]})
 
     info = {"backbone": cfg.model, "source_tasks": names, "source_task_files": [t.source_file for t in tasks],
-            "method": cfg.method, "bandwidth": bandwidth,
+            "method": cfg.method, "bandwidth": run["bandwidth"],
             "library_version": __version__, "steps": cfg.steps, "batch_per_task": per_task,
             "train_sizes": sizes, "compute": {"example_passes": rows_per_step * cfg.steps},
             "hyperparameters": cfg.to_dict()}
@@ -270,32 +253,6 @@ def final_dev_scores(pm: PromptedModel, particles: Tensor, tasks: list, dev: lis
 
         out[task.name] = {"mean": score(mean), "particles": [score(p) for p in particles], "examples": len(examples)}
     return out
-
-
-def _restore(ckpt: Checkpoint, particles: Tensor, opt: torch.optim.Optimizer, samplers: list[EpochSampler],
-             sizes: list[int], log: JsonlLog, fisher: dict) -> tuple[JsonlLog, float]:
-    """Load a checkpoint into the freshly built run: particles, data position, log, Fisher sums, optimiser, RNG.
-
-    A checkpoint written before the Fisher estimate existed has none: the estimate then starts at the resume."""
-    try:
-        saved = ckpt.tensors["particles"]
-        if ckpt.state["train_sizes"] != sizes or saved.shape != particles.shape:
-            raise BmtptError(f"cannot resume {log.path.parent}: the training data or the prompt shapes changed since "
-                             f"the checkpoint (train sizes {ckpt.state['train_sizes']} then, {sizes} now)")
-        with torch.no_grad():
-            particles.copy_(saved.to(particles.device))
-        for sampler, state in zip(samplers, ckpt.state["samplers"], strict=True):
-            sampler.load_state_dict(state)
-        log.truncate(ckpt.state["log_position"])
-        log = JsonlLog(log.path, elapsed=ckpt.state["elapsed_s"])
-        bandwidth = float(ckpt.state["bandwidth"])
-        if "fisher_sum" in ckpt.tensors:
-            fisher["sum"].copy_(ckpt.tensors["fisher_sum"].to(fisher["sum"].device))
-            fisher["n"] = int(ckpt.state.get("fisher_n", 0))
-    except (KeyError, ValueError) as e:
-        raise BmtptError(f"checkpoint {ckpt.path} is incomplete ({type(e).__name__}: {e})") from e
-    ckpt.restore(opt)  # optimiser and RNG states last: nothing after this may draw random numbers
-    return log, bandwidth
 
 
 def _mean_norm(x: Tensor) -> float:

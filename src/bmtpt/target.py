@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from . import __version__
 from .backbone import embedding_width
-from .checkpoint import Checkpoint, check_resume_options, file_digest, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, file_digest
 from .config import TargetConfig
 from .data import EpochSampler, batch_of
 from .errors import BmtptError
@@ -41,19 +41,8 @@ from .runfiles import (
     load_posterior,
     load_tensors,
 )
-from .runs import (
-    JsonlLog,
-    check_data_dir,
-    check_run_dir,
-    load_model,
-    load_split,
-    load_train,
-    make_optimizer,
-    prepare_run_dir,
-    resolve_device,
-    save_config,
-    seed_everything,
-)
+from .runs import load_model, load_split, load_train, make_optimizer
+from .session import RunSession
 from .tasks import Task, get_task
 
 TARGET_FORMAT = 1
@@ -131,10 +120,8 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     With cfg.resume the run continues from cfg.out's checkpoint and ends exactly as if never
     interrupted. Every input is checked (and the backbone and data loaded) before the run folder is touched.
     """
-    cfg.validate()
+    session = RunSession(cfg, "target")
     task = get_task(cfg.task)
-    check_data_dir(cfg.data_dir)
-    device = resolve_device(cfg.device)
     particles, meta, digest = (None, {}, None)
     if cfg.posterior and TARGET_KINDS[cfg.method].needs_posterior:
         particles, meta = load_posterior(cfg.posterior)
@@ -144,18 +131,14 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
                              "--allow-other-backbone if they are the same model under two names)")
         folder = Path(cfg.posterior).expanduser()  # the prior is the particles and posterior.json's bandwidth
         digest = file_digest(folder / "particles.safetensors", folder / "posterior.json")
-    check_run_dir(cfg)
-    ckpt = load_checkpoint(cfg.out, "target") if cfg.resume else None
-    if ckpt is not None:
-        check_resume_options(ckpt.config, cfg.to_dict(), cfg.out)
-        if ckpt.state.get("posterior_sha256") != digest:
-            raise BmtptError(f"cannot resume {cfg.out}: the posterior in {cfg.posterior} changed since the run started")
-    seed_everything(cfg.seed)
+    if session.ckpt is not None and session.ckpt.state.get("posterior_sha256") != digest:
+        raise BmtptError(f"cannot resume {cfg.out}: the posterior in {cfg.posterior} changed since the run started")
+    session.seed()
     train = load_train(task, cfg)  # data errors before the slow model load
     dev = load_split(task, "dev", cfg, cfg.max_dev_examples or cfg.max_eval_examples)
     test = load_split(task, "test", cfg, cfg.max_eval_examples)
     if model is None:
-        model, tokenizer = load_model(cfg, device)
+        model, tokenizer = load_model(cfg, session.device)
     width = embedding_width(model)
     if particles is not None and particles.shape[2] != width:
         raise BmtptError(f"the posterior's prompts are {particles.shape[2]} wide but backbone {cfg.model} embeds "
@@ -184,62 +167,61 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
 
     sampler = EpochSampler(len(enc), cfg.seed)
     seen = train_sample(train, cfg.train_eval_examples, cfg.seed)
+    params = [p for g in groups for p in g["params"]]
+
+    def current() -> Tensor:
+        return effective_prompt(theta0, u, v)
 
     def evaluation(step: int) -> dict:
         """Score the current prompt on dev (and the training sample), log it and return the dev metrics."""
         dev_m = evaluate_prompt(pm, current(), task, dev, cfg)
         train_m = evaluate_prompt(pm, current(), task, seen, cfg) if seen else {}
-        log.write(step=step, **{f"dev/{k}": v_ for k, v_ in dev_m.items()},
-                  **{f"train/{k}": v_ for k, v_ in train_m.items()})
+        session.log.write(step=step, **{f"dev/{k}": v_ for k, v_ in dev_m.items()},
+                          **{f"train/{k}": v_ for k, v_ in train_m.items()})
         return dev_m
 
-    def current() -> Tensor:
-        return effective_prompt(theta0, u, v)
+    run = {}  # the dev-best so far: step and metrics, its prompt and parameters
 
-    out = prepare_run_dir(cfg, resumable=True)
-    log = JsonlLog(out / "metrics.jsonl")
-    start, last_saved = 1, None
-    if ckpt is None:
-        save_config(out, "target", cfg)
-        best = {"step": 0, "dev": evaluation(0)}
-        best_prompt = current().detach().clone()
-        best_state = _params(theta0, u, v)
-    else:  # the resumed run keeps the interrupted run's config.yaml
-        best, best_prompt, best_state, log = _restore(ckpt, theta0, u, v, opt, sampler, len(enc), log, out)
-        start, last_saved = ckpt.step + 1, ckpt.step
+    def restore(ckpt: Checkpoint) -> None:
+        """Parameters, best-so-far and data position of the checkpoint."""
+        live = {"theta0": theta0, "u": u, "v": v}
+        saved = {k[len("param/"):]: t for k, t in ckpt.tensors.items() if k.startswith("param/")}
+        if set(saved) != {k for k, p in live.items() if p is not None} or saved["theta0"].shape != theta0.shape \
+                or ckpt.state["train_size"] != len(enc):
+            raise BmtptError(f"cannot resume {cfg.out}: the prompt shapes or the training data changed since the "
+                             "checkpoint")
+        with torch.no_grad():
+            for k, t in saved.items():
+                live[k].copy_(t.to(device))
+        run.update(best=ckpt.state["best"], prompt=ckpt.tensors["best/prompt"].to(device),
+                   state={k[len("best/"):]: t.to(device) for k, t in ckpt.tensors.items()
+                          if k.startswith("best/") and k != "best/prompt"})
+        sampler.load_state_dict(ckpt.state["sampler"])
 
-    bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps,
-               desc=f"target {task.name} ({cfg.method})", disable=not cfg.progress)
-    for step in bar:
-        ids = sampler.take(cfg.batch_size)
-        opt.zero_grad(set_to_none=True)
-        nll_mean, log_prior = accumulate_backward(pm, current, prior, lam_eff, enc, ids, cfg.grad_accum)
-        loss = nll_mean - lam_eff * log_prior
-        if not torch.isfinite(loss):
-            raise _nonfinite("the loss", step, task.name, out, last_saved)
-        params = [p for g in groups for p in g["params"]]
-        if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
-            raise _nonfinite("the gradient", step, task.name, out, last_saved)
-        opt.step()
-        if not all(torch.isfinite(p).all() for p in params):  # never let a non-finite prompt into a checkpoint
-            raise _nonfinite("the prompt", step, task.name, out, last_saved)
-        bar.set_postfix(nll=f"{nll_mean.item():.4f}")
+    out = session.open(opt, restore)
+    if session.ckpt is None:
+        run.update(best={"step": 0, "dev": evaluation(0)}, prompt=current().detach().clone(),
+                   state=_params(theta0, u, v))
+    for step in session.steps(f"target {task.name} ({cfg.method})"):
+        nll_mean, log_prior, loss = prompt_step(pm, current, params, opt, prior, lam_eff, enc,
+                                                sampler.take(cfg.batch_size), cfg.grad_accum,
+                                                lambda what, step=step: session.nonfinite(what, step, [task.name]))
+        session.show(nll=nll_mean.item())
         if step % cfg.log_every == 0:
-            log.write(step=step, nll=nll_mean.item(), log_prior=log_prior.item(), loss=loss.item())
+            session.log.write(step=step, nll=nll_mean.item(), log_prior=log_prior.item(), loss=loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:
             dev_m = evaluation(step)
             # >=: a tie goes to the later (trained) prompt; with `>` a small dev set kept the untrained one
-            if dev_m["score"] >= best["dev"]["score"]:
-                best = {"step": step, "dev": dev_m}
-                best_prompt, best_state = current().detach().clone(), _params(theta0, u, v)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            tensors = {**{f"param/{k}": t for k, t in _params(theta0, u, v).items()}, "best/prompt": best_prompt,
-                       **{f"best/{k}": t for k, t in best_state.items()}}
-            save_checkpoint(out, "target", step, cfg.to_dict(), tensors, opt,
-                            {"sampler": sampler.state_dict(), "train_size": len(enc), "best": best,
-                             "posterior_sha256": digest, "log_position": log.position(), "elapsed_s": log.elapsed()})
-            last_saved = step
+            if dev_m["score"] >= run["best"]["dev"]["score"]:
+                run.update(best={"step": step, "dev": dev_m}, prompt=current().detach().clone(),
+                           state=_params(theta0, u, v))
+        if session.checkpoint_due(step):
+            tensors = {**{f"param/{k}": t for k, t in _params(theta0, u, v).items()}, "best/prompt": run["prompt"],
+                       **{f"best/{k}": t for k, t in run["state"].items()}}
+            session.save_checkpoint(step, tensors, opt, {"sampler": sampler.state_dict(), "train_size": len(enc),
+                                                         "best": run["best"], "posterior_sha256": digest})
 
+    best, best_prompt, best_state, log = run["best"], run["prompt"], run["state"], session.log
     test_m, preds = predict_and_score(pm, best_prompt, task, test, cfg)
     metrics = {"dev": best["dev"], "test": test_m, "best_step": best["step"], "dev_examples": len(dev),
                "test_examples": len(test)}
@@ -264,6 +246,27 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     return TargetResult(best_prompt.cpu(), metrics, out)
 
 
+def prompt_step(pm: PromptedModel, current: Callable[[], Tensor], params: list[Tensor], opt: torch.optim.Optimizer,
+                prior: PriorTerm | None, lam: float, enc, ids: list[int], micro_batches: int,
+                fail: Callable[[str], Exception]) -> tuple[Tensor, Tensor, Tensor]:
+    """One optimiser step of a single prompt (the target run, SPoT's probe): (mean NLL, log prior, loss).
+
+    `current()` builds the prompt from `params`; a non-finite loss, gradient or updated prompt raises
+    `fail('the loss' | 'the gradient' | 'the prompt')` (checked before the update can reach a checkpoint).
+    """
+    opt.zero_grad(set_to_none=True)
+    nll_mean, log_prior = accumulate_backward(pm, current, prior, lam, enc, ids, micro_batches)
+    loss = nll_mean - lam * log_prior
+    if not torch.isfinite(loss):
+        raise fail("the loss")
+    if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+        raise fail("the gradient")
+    opt.step()
+    if not all(torch.isfinite(p).all() for p in params):
+        raise fail("the prompt")
+    return nll_mean, log_prior, loss
+
+
 def accumulate_backward(pm: PromptedModel, current, prior, lam: float, enc, ids: list[int], micro_batches: int
                 ) -> tuple[Tensor, Tensor]:
     """Backpropagate one step's loss (mean token NLL - lam * log prior) over `micro_batches` passes.
@@ -286,38 +289,6 @@ def accumulate_backward(pm: PromptedModel, current, prior, lam: float, enc, ids:
             loss.backward()
         nll_sum = nll_sum + nll.detach().sum()
     return nll_sum / max(ntok, 1), log_prior.detach()
-
-
-def _nonfinite(what: str, step: int, task: str, out: Path, last_saved: int | None) -> BmtptError:
-    kept = f"the last good checkpoint (step {last_saved}) is kept in {out}" if last_saved else "no checkpoint yet"
-    return BmtptError(f"{what} became non-finite at step {step} on task {task}; {kept} (try a lower --lr)")
-
-
-def _restore(ckpt: Checkpoint, theta0: Tensor, u: Tensor | None, v: Tensor | None, opt: torch.optim.Optimizer,
-             sampler: EpochSampler, train_size: int, log: JsonlLog, out: Path
-             ) -> tuple[dict, Tensor, dict[str, Tensor], JsonlLog]:
-    """Load a checkpoint into the freshly built run: parameters, best-so-far, data position, log, optimiser, RNG."""
-    try:
-        params = {"theta0": theta0, "u": u, "v": v}
-        saved = {k[len("param/"):]: t for k, t in ckpt.tensors.items() if k.startswith("param/")}
-        if set(saved) != {k for k, p in params.items() if p is not None} or saved["theta0"].shape != theta0.shape \
-                or ckpt.state["train_size"] != train_size:
-            raise BmtptError(f"cannot resume {out}: the prompt shapes or the training data changed since the "
-                             "checkpoint")
-        with torch.no_grad():
-            for k, t in saved.items():
-                params[k].copy_(t.to(theta0.device))
-        best_state = {k[len("best/"):]: t.to(theta0.device) for k, t in ckpt.tensors.items()
-                      if k.startswith("best/") and k != "best/prompt"}
-        best_prompt = ckpt.tensors["best/prompt"].to(theta0.device)
-        sampler.load_state_dict(ckpt.state["sampler"])
-        log.truncate(ckpt.state["log_position"])
-        log = JsonlLog(log.path, elapsed=ckpt.state["elapsed_s"])
-        best = ckpt.state["best"]
-    except KeyError as e:
-        raise BmtptError(f"checkpoint {ckpt.path} is incomplete (no {e})") from e
-    ckpt.restore(opt)  # optimiser and RNG states last: nothing after this may draw random numbers
-    return best, best_prompt, best_state, log
 
 
 def _params(theta0: Tensor, u: Tensor | None, v: Tensor | None) -> dict[str, Tensor]:
