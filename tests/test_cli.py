@@ -8,29 +8,13 @@ import sys
 
 import pytest
 import yaml
+from helpers import SMALL as TINY_RUN
+from helpers import assert_one_line_error, cli
 
 from bmtpt.cli import main
 from bmtpt.synth import SOURCE_TASKS, TARGET_TASKS
 
-SMALL = ["--prompt-length", "3", "--batch-size", "4", "--max-train-examples", "8", "--device", "cpu",
-         "--no-progress"]
-
-
-def cli(capsys, *args):
-    """(exit code, stdout, stderr) of one in-process command."""
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, command, *fragments):
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"bmtpt {command}: error:"), err
-    assert "Traceback" not in err
-    for f in fragments:
-        assert f in lines[0], lines[0]
+SMALL = [*TINY_RUN, "--max-train-examples", "8"]
 
 
 def test_help_in_a_real_subprocess():

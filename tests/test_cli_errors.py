@@ -11,32 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMALL as TINY_RUN
+from helpers import assert_one_line_error, cli
 
 from bmtpt import source as source_mod
 from bmtpt import target as target_mod
 from bmtpt.checkpoint import load_checkpoint
-from bmtpt.cli import main
 from bmtpt.runfiles import save_posterior
 
+SMALL = [*TINY_RUN, "--max-train-examples", "8", "--max-eval-examples", "4"]
+
 SRC = ["--tasks", "synth-sentiment,synth-animal", "--particles", "2"]
-SMALL = ["--prompt-length", "3", "--batch-size", "4", "--max-train-examples", "8", "--max-eval-examples", "4",
-         "--device", "cpu", "--no-progress"]
-
-
-def run_cli(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()  # drop what fixtures printed (e.g. the tiny model's first save)
-    rc = main([str(a) for a in args])
-    return rc, capsys.readouterr().err
-
-
-def assert_one_line_error(rc: int, err: str, command: str, *fragments: str) -> str:
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"bmtpt {command}: error:") and "Traceback" not in err, err
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -94,7 +79,7 @@ def test_bad_names_and_numbers(tmp_path, capsys, args, fragments):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--model" not in args:
         args += ["--model", "x"]
-    rc, err = run_cli(capsys, *args, "--out", tmp_path / "out", "--no-progress")
+    rc, _, err = cli(capsys, *args, "--out", tmp_path / "out", "--no-progress")
     assert_one_line_error(rc, err, args[0], *fragments)
     assert not (tmp_path / "out").exists()  # nothing written
 
@@ -115,7 +100,7 @@ def test_posterior_of_another_width(tmp_path, tiny_dirs, capsys):
     folder.mkdir()
     save_posterior(folder, torch.randn(2, 3, 16), {"backbone": "other-model", "source_tasks": ["synth-animal"],
                                                    "bandwidth": 1.0, "method": "svgd"})
-    rc, err = run_cli(capsys, *target_args(tiny_dirs["llama"], tmp_path / "out", folder))
+    rc, _, err = cli(capsys, *target_args(tiny_dirs["llama"], tmp_path / "out", folder))
     assert_one_line_error(rc, err, "target", "16 wide", "embeds in 32", "other-model")
     assert not (tmp_path / "out").exists()
 
@@ -124,7 +109,7 @@ def test_posterior_of_another_backbone_is_refused_without_the_flag(tmp_path, tin
     """Two backbones with 32-wide embeddings: the width check cannot tell them apart, the names can."""
     folder = good_posterior  # trained on "tiny", by its posterior.json
     args = [a for a in target_args(tiny_dirs["llama"], tmp_path / "out", folder) if a != "--allow-other-backbone"]
-    rc, err = run_cli(capsys, *args)
+    rc, _, err = cli(capsys, *args)
     assert_one_line_error(rc, err, "target", "trained on backbone 'tiny'", str(tiny_dirs["llama"]),
                           "--allow-other-backbone")
     assert not (tmp_path / "out").exists()
@@ -138,7 +123,7 @@ def test_posterior_of_another_backbone_is_refused_without_the_flag(tmp_path, tin
 def test_options_a_target_method_does_not_use_are_refused(tmp_path, tiny_dirs, capsys, good_posterior, extra,
                                                           fragment):
     folder = good_posterior
-    rc, err = run_cli(capsys, *target_args(tiny_dirs["llama"], tmp_path / "out", folder), *extra)
+    rc, _, err = cli(capsys, *target_args(tiny_dirs["llama"], tmp_path / "out", folder), *extra)
     assert_one_line_error(rc, err, "target", fragment)
     assert not (tmp_path / "out").exists()
 
@@ -194,7 +179,7 @@ def _wrong_shape(folder: Path) -> None:
 ])
 def test_damaged_posterior(tmp_path, capsys, good_posterior, damage, fragments):
     damage(good_posterior)
-    rc, err = run_cli(capsys, *target_args("x", tmp_path / "out", good_posterior))
+    rc, _, err = cli(capsys, *target_args("x", tmp_path / "out", good_posterior))
     assert_one_line_error(rc, err, "target", *fragments)
     assert not (tmp_path / "out").exists()
 
@@ -212,7 +197,7 @@ def _glue_dir(tmp_path: Path, train: str) -> Path:
                          ids=["empty-file", "header-only", "all-rows-go-to-dev"])
 def test_empty_training_set(tmp_path, tiny_dirs, capsys, train):
     data = _glue_dir(tmp_path, train)
-    rc, err = run_cli(capsys, "source", "--model", tiny_dirs["llama"], "--out", tmp_path / "out", "--tasks", "sst2",
+    rc, _, err = cli(capsys, "source", "--model", tiny_dirs["llama"], "--out", tmp_path / "out", "--tasks", "sst2",
                       "--data-dir", data, "--steps", "1", *SMALL)
     assert_one_line_error(rc, err, "source", "sst2", "train split is empty")
     assert not (tmp_path / "out").exists()
@@ -223,7 +208,7 @@ def test_empty_dev_set_of_a_target(tmp_path, tiny_dirs, capsys):
     d.mkdir(parents=True)
     (d / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\tA cat.\tAn animal.\tentailment\n")
     (d / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
-    rc, err = run_cli(capsys, "target", "--model", tiny_dirs["llama"], "--out", tmp_path / "out", "--task", "rte",
+    rc, _, err = cli(capsys, "target", "--model", tiny_dirs["llama"], "--out", tmp_path / "out", "--task", "rte",
                       "--method", "pt", "--data-dir", tmp_path / "data", "--steps", "1", *SMALL)
     assert_one_line_error(rc, err, "target", "rte", "split is empty")
     assert not (tmp_path / "out").exists()
@@ -253,15 +238,15 @@ def test_source_loss_turning_nan_stops_and_keeps_the_last_checkpoint(tmp_path, t
     args = ["source", "--model", tiny_dirs["llama"], *SRC, "--steps", "6", "--checkpoint-every", "2",
             "--log-every", "1", *SMALL]
     _nan_from(monkeypatch, source_mod, "particle_scores", 5, _nan_task_1)
-    rc, err = run_cli(capsys, *args, "--out", tmp_path / "run")
+    rc, _, err = cli(capsys, *args, "--out", tmp_path / "run")
     monkeypatch.undo()
     assert_one_line_error(rc, err, "source", "non-finite at step 5", "task synth-animal", "checkpoint (step 4)")
     assert load_checkpoint(tmp_path / "run", "source").step == 4
     assert not (tmp_path / "run" / "posterior.json").exists()
     # the checkpoint resumes, and the resumed run ends as an uninterrupted one
-    rc, err = run_cli(capsys, "source", "--resume", "--out", tmp_path / "run", "--no-progress")
+    rc, _, err = cli(capsys, "source", "--resume", "--out", tmp_path / "run", "--no-progress")
     assert rc == 0, err
-    rc, err = run_cli(capsys, *args, "--out", tmp_path / "ref")
+    rc, _, err = cli(capsys, *args, "--out", tmp_path / "ref")
     assert rc == 0, err
     for f in ("particles.safetensors",):
         assert (tmp_path / "run" / f).read_bytes() == (tmp_path / "ref" / f).read_bytes()
@@ -272,12 +257,12 @@ def test_target_loss_turning_nan_stops_and_keeps_the_last_checkpoint(tmp_path, t
     args = [*target_args(tiny_dirs["llama"], tmp_path / "run", good_posterior), "--steps", "5",
             "--checkpoint-every", "2"]
     _nan_from(monkeypatch, target_mod.PriorTerm, "__call__", 3, lambda r: r * float("nan"))
-    rc, err = run_cli(capsys, *args)
+    rc, _, err = cli(capsys, *args)
     monkeypatch.undo()
     assert_one_line_error(rc, err, "target", "non-finite at step 3", "task synth-product", "checkpoint (step 2)")
     assert load_checkpoint(tmp_path / "run", "target").step == 2
     assert not (tmp_path / "run" / "target.json").exists()
-    rc, err = run_cli(capsys, "target", "--resume", "--out", tmp_path / "run", "--no-progress")
+    rc, _, err = cli(capsys, "target", "--resume", "--out", tmp_path / "run", "--no-progress")
     assert rc == 0, err
     assert json.loads((tmp_path / "run" / "target.json").read_text())["metrics"]["best_step"] in range(6)
 
@@ -288,7 +273,7 @@ def test_a_huge_learning_rate_is_caught_before_it_reaches_a_checkpoint(tmp_path,
     args = (["source", "--model", model, "--out", tmp_path / "run", *SRC, *SMALL] if command == "source" else
             ["target", "--model", model, "--out", tmp_path / "run", "--task", "synth-product", "--method", "pt",
              *SMALL])
-    rc, err = run_cli(capsys, *args, "--steps", "10", "--checkpoint-every", "1", "--lr", "1e30", "--optimizer", "sgd")
+    rc, _, err = cli(capsys, *args, "--steps", "10", "--checkpoint-every", "1", "--lr", "1e30", "--optimizer", "sgd")
     line = assert_one_line_error(rc, err, command, "became non-finite at step", "synth-")
     ck = load_checkpoint(tmp_path / "run", command)
     assert f"checkpoint (step {ck.step})" in line
@@ -299,7 +284,7 @@ def test_a_huge_learning_rate_is_caught_before_it_reaches_a_checkpoint(tmp_path,
 def test_errors_never_touch_saved_results(tmp_path, tiny_dirs, capsys, good_posterior):
     """A finished run's folder survives every refusal, even with --overwrite when the input is bad."""
     model, run = tiny_dirs["llama"], tmp_path / "run"
-    rc, err = run_cli(capsys, *target_args(model, run, good_posterior))
+    rc, _, err = cli(capsys, *target_args(model, run, good_posterior))
     assert rc == 0, err
     (run / "notes.txt").write_text("mine")
     before = snapshot(run)
@@ -317,6 +302,6 @@ def test_errors_never_touch_saved_results(tmp_path, tiny_dirs, capsys, good_post
          _glue_dir(tmp_path, "")],
     ]
     for args in attempts:
-        rc, err = run_cli(capsys, *args)
+        rc, _, err = cli(capsys, *args)
         assert_one_line_error(rc, err, args[0])
         assert snapshot(run) == before, args

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_one_line_error, cli
 from safetensors.torch import load_file, save_file
 
 from bmtpt.backbone import load_backbone
@@ -31,23 +32,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
 L, D = 4, 32
 EXAMPLES = [Example("the movie was good", "positive"), Example("a bad film , terrible and long", "negative"),
             Example("yes", "no")]
-
-
-def cli(capsys, *args):
-    """(exit code, stdout, stderr) of one in-process command."""
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, command, *fragments):
-    assert rc == 2, err
-    # transformers' own "Loading weights" bar may come first when the error follows loading the backbone
-    lines = [line for line in err.strip().splitlines() if not line.startswith(("\rLoading", "Loading"))]
-    assert len(lines) == 1 and lines[0].startswith(f"bmtpt {command}: error:"), err
-    assert "Traceback" not in err
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

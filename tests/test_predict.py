@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import SMALL
 
 from bmtpt.cli import main
 from bmtpt.tasks import _REGISTRY
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-SMALL = ["--prompt-length", "3", "--batch-size", "4", "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
@@ -31,7 +32,6 @@ from bmtpt.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from bmtpt.cli import main
 from bmtpt.config import SourceConfig, TargetConfig
 from bmtpt.errors import BmtptError
 from bmtpt.runs import make_optimizer
@@ -62,12 +62,6 @@ def assert_same_records(a: list[dict], b: list[dict]) -> None:
                 assert va == pytest.approx(vb, rel=1e-6, abs=1e-9), k
             else:
                 assert va == vb, k
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()  # drop what fixtures printed (e.g. the tiny model's first save)
-    rc = main([str(a) for a in args])
-    return rc, capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- state round trips
@@ -201,16 +195,16 @@ def test_resume_via_the_command_line_reads_the_runs_options(tmp_path, tiny_dirs,
     args = ["source", "--model", tiny_dirs["llama"], "--out", out, "--tasks", TASKS, "--particles", "2",
             "--steps", "5", "--checkpoint-every", "2", "--prompt-length", "2", "--batch-size", "6",
             "--max-train-examples", "12", "--lr", "0.05", "--log-every", "1", "--device", "cpu", "--no-progress"]
-    rc, err = cli(capsys, "source", "--resume", "--out", out)
+    rc, _, err = cli(capsys, "source", "--resume", "--out", out)
     assert rc == 2 and "holds no checkpoint to resume from" in err and not out.exists()
     _interrupt_at(monkeypatch, source_mod, "particle_scores", 4)
     assert cli(capsys, *args)[0] == 130
     monkeypatch.undo()
-    rc, err = cli(capsys, "target", "--resume", "--out", out)
+    rc, _, err = cli(capsys, "target", "--resume", "--out", out)
     assert rc == 2 and "is a `bmtpt source` run" in err
-    rc, err = cli(capsys, "source", "--resume", "--out", out, "--lr", "0.3")
+    rc, _, err = cli(capsys, "source", "--resume", "--out", out, "--lr", "0.3")
     assert rc == 2 and "--lr 0.3 (the run's: 0.05)" in err and len(err.strip().splitlines()) == 1
-    rc, err = cli(capsys, "source", "--resume", "--out", f"{out}/", "--no-progress")  # --out spelled differently
+    rc, _, err = cli(capsys, "source", "--resume", "--out", f"{out}/", "--no-progress")  # --out spelled differently
     assert rc == 0, err
     assert json.loads((out / "posterior.json").read_text())["hyperparameters"]["lr"] == 0.05
     assert [r["step"] for r in records(out)] == [1, 2, 3, 4, 5]
@@ -336,14 +330,14 @@ def _killed_then_resumed(tmp_path, capsys, command: str, args: list) -> tuple[Pa
                             stdout=log, stderr=log)
     with ThreadPoolExecutor(1) as pool:  # watch the subprocess while this process computes the reference
         watch = pool.submit(_kill_mid_run, proc, killed)
-        rc, err = cli(capsys, command, "--out", ref, *args)
+        rc, _, err = cli(capsys, command, "--out", ref, *args)
         assert rc == 0, err
         at = watch.result()
     assert proc.wait() == -signal.SIGKILL and at is not None, "the run ended before it could be killed"
     assert not (killed / ("posterior.json" if command == "source" else "target.json")).exists()
     assert load_checkpoint(killed, command).step == at  # the last checkpoint survived the kill whole
     # resumed in this process (a second interpreter start would only add time): `bmtpt CMD --resume --out RUN`
-    rc, err = cli(capsys, command, "--resume", "--out", killed, "--no-progress")
+    rc, _, err = cli(capsys, command, "--resume", "--out", killed, "--no-progress")
     assert rc == 0, err
     return killed, ref, at
 

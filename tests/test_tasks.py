@@ -9,14 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import SMALL as TINY_RUN
+from helpers import cli
 from test_suites import DATA, build_fixtures, jsonl, needs_data, write
 
-from bmtpt.cli import main
 from bmtpt.suites import TASKS, splits
 from bmtpt.suites.sizes import OFFICIAL
 from bmtpt.synth import SPLIT_SIZES
 from bmtpt.tasks import CONVENTIONS, SPLITS, Example, list_tasks
 from bmtpt.tasktable import MISSING, count_all, count_splits, split_sizes, task_table
+
+SMALL = [*TINY_RUN, "--max-train-examples", "4"]
 
 # the original splits each of bmtpt's splits is cut from, by convention
 SOURCES = {"small": {"train": ("train",), "dev": ("validation",), "test": ("validation",)},
@@ -27,12 +30,6 @@ SOURCES = {"small": {"train": ("train",), "dev": ("validation",), "test": ("vali
            "lm-bff": {"train": ("train",), "dev": ("train",), "test": ("validation",)}}
 # original splits a convention lists in the table but does not cut from (SNLI's train set is not at hand)
 UNUSED = {"dev-train": ("train",)}
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # --- the convention's arithmetic ------------------------------------------------------------------------
@@ -219,9 +216,6 @@ def test_count_all_reports_progress(fixtures):
 
 
 # --- `bmtpt eval` reports the task's own metrics --------------------------------------------------------
-
-SMALL = ["--prompt-length", "3", "--batch-size", "4", "--max-train-examples", "4", "--device", "cpu",
-         "--no-progress"]
 
 
 @pytest.mark.parametrize("name", ["cb", "squad"])
