@@ -1,0 +1,65 @@
+"""results.md's pieces: mean ± sample std over seeds and the score table, checked against hand-made records."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from bmtpt.expconfig import load_experiment, plan_experiment
+from bmtpt.plots import mean_std, render_report, score_table, shots_label
+
+
+def test_mean_std_is_the_sample_standard_deviation():
+    assert mean_std([]) == "—" and mean_std([61.25]) == "61.2"
+    # 60, 62, 67: mean 63, sample variance ((-3)^2 + (-1)^2 + 4^2) / 2 = 13
+    assert mean_std([60.0, 62.0, 67.0]) == f"63.0 ± {13 ** 0.5:.1f}" == "63.0 ± 3.6"
+    assert shots_label(16) == "k16" and shots_label(None) == "full"
+
+
+def _plan(tmp_path):
+    cfg = {"name": "t", "out": str(tmp_path / "exp"), "model": "tiny-llama", "device": "cpu", "progress": False,
+           "sources": ["synth-sentiment", "synth-animal"], "source": {"steps": 1, "particles": 2},
+           "targets": ["synth-product", "synth-tense"], "target": {"steps": 1}, "seeds": [0, 1],
+           "methods": ["pt", "bmtpt"]}
+    return plan_experiment(load_experiment(cfg))
+
+
+def _record(method, task, seed, test, dev=50.0):
+    return {"method": method, "task": task, "seed": seed, "shots": None, "test_score": test, "dev_score": dev,
+            "trainable_parameters": 300, "source_passes": 0 if method == "pt" else 40, "probe_passes": 0,
+            "best_step": 1, "test_correct": "1" * round(test / 10) + "0" * (10 - round(test / 10)), "test_examples": 10}
+
+
+def test_score_table_by_hand(tmp_path):
+    plan = _plan(tmp_path)
+    records = [_record("pt", "synth-product", 0, 60.0), _record("pt", "synth-product", 1, 70.0),
+               _record("pt", "synth-tense", 0, 80.0),  # seed 1 of synth-tense missing: not in the average
+               _record("bmtpt", "synth-product", 0, 65.0), _record("bmtpt", "synth-tense", 0, 75.0)]
+    lines = score_table(plan, records, None)
+    assert lines[0] == "| Method | synth-product | synth-tense | Avg | Params/task | Source passes |"
+    pt = lines[2].split(" | ")
+    sd = statistics.stdev([60.0, 70.0])
+    assert pt[1] == f"65.0 ± {sd:.1f}" and pt[2] == "80.0"
+    assert pt[3] == "70.0"  # only seed 0 has both targets: (60 + 80) / 2
+    assert lines[3].split(" | ")[1:4] == ["65.0", "75.0", "70.0"] and lines[3].endswith("| 300 | 40 |")
+    dev = score_table(plan, records, None, key="dev_score")
+    assert dev[2].split(" | ")[1] == "50.0 ± 0.0"
+
+
+def test_render_report_without_plots_names_the_missing_cells(tmp_path):
+    plan = _plan(tmp_path)
+    out = tmp_path / "exp"
+    out.mkdir()
+    records = [_record("pt", "synth-product", 0, 60.0)]
+    path = render_report(out, plan, records, plots=False)
+    text = path.read_text()
+    assert path.name == "results.md" and "| pt |" in text and not list(out.glob("*.png"))
+    assert "1 of 8 cells finished" in text
+
+
+@pytest.mark.parametrize("values", [[1.0, 2.0, 4.0], [10.0, 10.0]])
+def test_mean_std_matches_statistics(values):
+    m, s = mean_std(values).split(" ± ")
+    assert float(m) == pytest.approx(statistics.mean(values), abs=0.05)
+    assert float(s) == pytest.approx(statistics.stdev(values), abs=0.05)
