@@ -120,7 +120,8 @@ def estimate(config: Path, r: dict) -> dict:
 
     Evaluations: dev at step 0 and every eval_every steps (and the last step), then one test pass, each on
     min(split size, cap) examples; split sizes are the tasks' official ones (`bmtpt.tasktable.split_sizes`)."""
-    from bmtpt.expconfig import load_experiment, plan_experiment
+    from bmtpt.expconfig import load_experiment
+    from bmtpt.grid import plan_experiment
     from bmtpt.tasks import get_task
     from bmtpt.tasktable import split_sizes
 
@@ -199,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(a: argparse.Namespace) -> int:
     """The smoke experiment, its measured unit costs, and the estimates; see `main` for the options."""
     from bmtpt.bench.report import describe_machine
-    from bmtpt.expconfig import load_experiment, plan_experiment
+    from bmtpt.expconfig import load_experiment
     from bmtpt.experiment import run_experiment
+    from bmtpt.grid import plan_experiment
     from bmtpt.runs import resolve_device
     from bmtpt.tasks import get_task
 

@@ -229,7 +229,8 @@ def project(config: dict, units: dict | None = None, model_load_s: float | None 
     training sets, its steps, and each task's final dev scores under every prompt and their mean (not for
     MPT). Split sizes are the tasks' official ones (`bmtpt.tasktable.split_sizes`), capped as the config says.
     """
-    from bmtpt.expconfig import load_experiment, plan_experiment
+    from bmtpt.expconfig import load_experiment
+    from bmtpt.grid import plan_experiment
 
     u = {**UNITS, **(units or {})}
     plan = plan_experiment(load_experiment(config))
@@ -415,8 +416,9 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
     if config["device"].startswith("cuda") and not torch.cuda.is_available():
         return _fail("no CUDA device here: the GPU benchmark needs one (--tiny runs on the CPU)")
     from bmtpt.bench.report import machine_description
-    from bmtpt.expconfig import load_experiment, plan_experiment
+    from bmtpt.expconfig import load_experiment
     from bmtpt.experiment import run_experiment
+    from bmtpt.grid import plan_experiment
 
     if a.tiny and not (model_dir / "config.json").is_file():
         from bmtpt.tiny import save_tiny

@@ -108,7 +108,8 @@ def test_the_transfer_grid_keeps_its_cell_hashes():
     import json
     from pathlib import Path
 
-    from bmtpt.expconfig import load_experiment, plan_experiment
+    from bmtpt.expconfig import load_experiment
+    from bmtpt.grid import plan_experiment
 
     root = Path(__file__).parents[1]
     plan = plan_experiment(load_experiment(root / "benchmarks" / "configs" / "cpu-transfer.yaml"))

@@ -12,8 +12,9 @@ import bmtpt.experiment as experiment
 from bmtpt import tasks
 from bmtpt.cli import main
 from bmtpt.errors import BmtptError
-from bmtpt.expconfig import load_experiment, plan_experiment
+from bmtpt.expconfig import load_experiment
 from bmtpt.experiment import append_record, read_records, run_experiment
+from bmtpt.grid import plan_experiment
 from bmtpt.tasks import get_task
 
 

@@ -65,7 +65,8 @@ def test_projection_matches_a_hand_computation(gt, tmp_path):
 
 
 def test_gpu_config_scales_the_cpu_design(gt, tmp_path):
-    from bmtpt.expconfig import load_experiment, plan_experiment
+    from bmtpt.expconfig import load_experiment
+    from bmtpt.grid import plan_experiment
 
     cpu = yaml.safe_load((ROOT / "benchmarks" / "configs" / "cpu-transfer.yaml").read_text())
     cfg = gt.gpu_config(str(DATA), str(tmp_path / "gpu-transfer"))

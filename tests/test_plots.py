@@ -6,7 +6,8 @@ import statistics
 
 import pytest
 
-from bmtpt.expconfig import load_experiment, plan_experiment
+from bmtpt.expconfig import load_experiment
+from bmtpt.grid import plan_experiment
 from bmtpt.plots import mean_std, render_report, score_table, shots_label
 
 

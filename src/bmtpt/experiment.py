@@ -24,7 +24,8 @@ from pathlib import Path
 from .baselines import spot_choose, train_mpt_source
 from .checkpoint import CHECKPOINT_FILE, check_resume_options, file_digest, read_checkpoint_meta
 from .errors import BmtptError
-from .expconfig import Cell, ExperimentConfig, Plan, Stage, load_experiment, plan_experiment
+from .expconfig import ExperimentConfig, load_experiment
+from .grid import Cell, Plan, Stage, plan_experiment
 from .runfiles import (
     PARTICLES_FILE,
     POSTERIOR_FILE,

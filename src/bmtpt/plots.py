@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .expconfig import Plan
+from .grid import Plan
 from .runfiles import load_tensors
 from .stats import comparison_lines, selection_lines
 
