@@ -57,9 +57,11 @@ def test_table_and_run_folders_are_written(demo_run):
         assert f"| `{method}` |" in table
     run = json.loads((out / "run.json").read_text())
     assert run["machine"]["cores"] >= 1 and run["timings_s"]["total_s"] > 0
+    grid = out / demo.EXPERIMENT_DIR  # the runs are an experiment grid, with its own full report
     for method in METHODS:
-        assert (out / "target" / f"mr-{method}" / "prompt.safetensors").is_file()
-    assert (out / "source-svgd" / "particles.safetensors").is_file()
+        assert (grid / "cells" / method / "mr" / "k16-seed0" / "prompt.safetensors").is_file()
+    assert len(list(grid.glob("sources/svgd-*/particles.safetensors"))) == 1
+    assert "### Confidence intervals" in (grid / "results.md").read_text()
 
 
 def test_existing_results_are_refused_without_overwrite(demo_run, capsys):
@@ -73,10 +75,27 @@ def test_existing_results_are_refused_without_overwrite(demo_run, capsys):
     assert (out / "results.json").read_bytes() == before
 
 
-def test_unfinished_demo_is_refused_without_overwrite(tmp_path):
-    (tmp_path / "source-svgd").mkdir()
-    with pytest.raises(BmtptError, match="unfinished demo"):
-        run_demo(DemoConfig(out=str(tmp_path)), TINY)
+@needs_data
+def test_a_demo_stopped_half_way_continues_and_ends_as_an_uninterrupted_one(demo_run, tmp_path, monkeypatch):
+    import bmtpt.experiment as experiment
+
+    _, cfg, uninterrupted = demo_run
+    real, calls = experiment.run_target, []
+
+    def crash_on_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the third target run
+        return real(*a, **k)
+
+    monkeypatch.setattr(experiment, "run_target", crash_on_the_third)
+    stopped = replace(cfg, out=str(tmp_path / "run"))
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(stopped, TINY)
+    assert not (tmp_path / "run" / "results.json").exists()
+    calls.clear()
+    assert run_demo(stopped, TINY) == uninterrupted
+    assert len(calls) == len(METHODS) * len(TINY.targets) - 2  # the two finished target runs are kept
 
 
 def test_real_data_results_record_test_counts_and_intervals(demo_run):

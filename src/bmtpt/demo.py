@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .bench.report import machine_description
-from .config import SourceConfig, TargetConfig, opt
+from .config import opt
 from .errors import BmtptError
-from .methods import METHODS as METHOD_TABLE
 from .synth import SOURCE_TASKS as SYNTH_SOURCES
 from .synth import TARGET_TASKS as SYNTH_TARGETS
 
 METHODS = ("pt", "avg", "bmtpt")
-RUN_DIRS = ("source-svgd", "source-independent", "target")
+EXPERIMENT_DIR = "experiment"  # the demo's grid: sources/, cells/, results.jsonl and the full results.md
 SOURCES = ("sst2", "subj", "trec")
 TARGETS = ("mr", "sick")
 # where the benchmark files are looked for when --data-dir is not given: beside the current folder (the README
@@ -46,7 +46,8 @@ HUB_HOST = "huggingface.co"
 class DemoConfig:
     """`bmtpt demo`: the whole method on SmolLM2-135M and real short-text tasks (generated ones without data)."""
 
-    out: str = opt("./bmtpt-demo", "output folder (results.json, results.md and one folder per run)")
+    out: str = opt("./bmtpt-demo", "output folder (results.json, results.md, run.json and experiment/ with the runs; "
+                   "a demo stopped half-way continues there)")
     quick: bool = opt(False, "a smaller run: one target task, fewer steps and test examples (at most 3 minutes on "
                       "2 CPU cores; its intervals are wide)")
     model: str = opt("smollm2-135m", "backbone (any causal or seq2seq LM works; the demo's sizes suit SmolLM2)")
@@ -140,25 +141,32 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _common(cfg: DemoConfig, sizes: DemoSizes, out: Path, data_dir: str | None) -> dict:
-    return {"model": cfg.model, "out": str(out), "data_dir": data_dir, "prompt_length": sizes.prompt_length,
-            "lr": sizes.lr, "optimizer": "adam", "weight_decay": 0.0, "max_input_tokens": 64, "max_target_tokens": 4,
-            "precision": cfg.precision, "device": cfg.device, "seed": cfg.seed, "overwrite": cfg.overwrite,
-            "progress": cfg.progress, "log_every": 1}
+def experiment_config(cfg: DemoConfig, sizes: DemoSizes, out: Path, data_dir: str | None) -> dict:
+    """The demo as an experiment grid (`bmtpt.experiment`): one seed, methods pt / avg / bmtpt, its sizes."""
+    return {"name": "demo", "out": str(out), "model": cfg.model, "data_dir": data_dir, "device": cfg.device,
+            "progress": cfg.progress, "prompt_length": sizes.prompt_length, "lr": sizes.lr, "optimizer": "adam",
+            "weight_decay": 0.0, "max_input_tokens": 64, "max_target_tokens": 4, "precision": cfg.precision,
+            "log_every": 1,
+            "sources": list(sizes.sources),
+            "source": {"steps": sizes.source_steps, "mixing": "equal", "init": sizes.source_init,
+                       "batch_size": sizes.per_task_batch * len(sizes.sources), "particles": sizes.particles,
+                       # a source stage sees steps x per-task batch examples of each task: tokenise no more
+                       "final_eval_examples": 0, "max_train_examples": 2000},
+            "targets": list(sizes.targets),
+            "target": {"steps": sizes.target_steps, "batch_size": sizes.target_batch, "eval_every": sizes.eval_every,
+                       "max_dev_examples": sizes.dev_examples, "max_eval_examples": sizes.test_examples,
+                       "train_eval_examples": sizes.train_eval_examples, "eval_batch_size": 32},
+            "seeds": [cfg.seed], "shots": [sizes.shots], "methods": list(METHODS)}
 
 
 def _check_out(cfg: DemoConfig) -> Path:
-    """Refuse a folder holding a finished or unfinished demo unless --overwrite (nothing is touched yet)."""
+    """Refuse a folder holding a finished demo unless --overwrite (nothing is touched yet); an unfinished one
+    is continued (its finished runs are kept)."""
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise BmtptError(f"--out {out} exists and is not a folder")
-    if cfg.overwrite:
-        return out
-    if (out / "results.json").exists():
+    if (out / "results.json").exists() and not cfg.overwrite:
         raise BmtptError(f"{out} already holds demo results; pass --overwrite to replace them or choose another --out")
-    if any((out / d).exists() for d in RUN_DIRS):
-        raise BmtptError(f"{out} holds an unfinished demo (its runs but no results.json); pass --overwrite to start "
-                         "again or choose another --out")
     return out
 
 
@@ -181,66 +189,45 @@ def choose_data(cfg: DemoConfig, sizes: DemoSizes | None) -> tuple[DemoSizes, st
 def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
     """Run the demo; write results.json (keyed by method), results.md and run.json into cfg.out.
 
-    `sizes` overrides the --quick / full budget (tests use a smaller one).
+    The runs are an experiment grid in cfg.out/experiment (its own results.md has the full report); a
+    demo stopped half-way continues there. `sizes` overrides the --quick / full budget (tests use a smaller one).
     """
     from .backbone import load_backbone  # torch-heavy imports stay out of `bmtpt --help`
+    from .expconfig import load_experiment
+    from .experiment import run_experiment
     from .runfiles import atomic_write_json
     from .runs import resolve_device
-    from .source import run_source
-    from .target import run_target
 
     cfg.validate()
     out = _check_out(cfg)
     sizes, data_dir, where, real = choose_data(cfg, sizes)
+    grid = experiment_config(cfg, sizes, out / EXPERIMENT_DIR, data_dir)
+    load_experiment(grid)  # a bad setting is reported before the slow model load
     print(f"[demo] data: {where}")
     device = resolve_device(cfg.device)
     t0 = time.time()
     print(f"[demo] loading {cfg.model} (the first load converts the GGUF file, ~1 min; later loads use a cache)")
     model, tokenizer = load_backbone(cfg.model, device=device)
-    timings = {"load_s": time.time() - t0}
+    load_s = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
     for name in ("results.json", "results.md", "run.json"):  # --overwrite: never leave old and new mixed
         (out / name).unlink(missing_ok=True)
-
-    sources = ",".join(sizes.sources)
-    src_common = {"tasks": sources, "steps": sizes.source_steps, "mixing": "equal", "init": sizes.source_init,
-                  "batch_size": sizes.per_task_batch * len(sizes.sources), "final_eval_examples": 0,
-                  "max_train_examples": 2000}  # a source stage sees steps x per-task batch of them; tokenise no more
-    t = time.time()
-    print(f"[demo] source stage, bmtpt: SVGD with {sizes.particles} particles over {sources}")
-    svgd = run_source(SourceConfig(**_common(cfg, sizes, out / "source-svgd", data_dir), **src_common,
-                                   method="svgd", particles=sizes.particles), model, tokenizer)
-    timings["source_svgd_s"] = time.time() - t
-    t = time.time()
-    print("[demo] source stage, avg: one prompt per source task, trained independently")
-    indep = run_source(SourceConfig(**_common(cfg, sizes, out / "source-independent", data_dir), **src_common,
-                                    method="independent", particles=len(sizes.sources)), model, tokenizer)
-    timings["source_independent_s"] = time.time() - t
-    stage = {None: None, "independent": indep, "svgd": svgd}
-    posterior = {m: stage[METHOD_TABLE[m].source] for m in METHODS}
+    if cfg.overwrite and (out / EXPERIMENT_DIR).is_dir():
+        shutil.rmtree(out / EXPERIMENT_DIR)
+    print(f"[demo] {sizes.particles} SVGD particles (bmtpt) and one prompt per task (avg) over "
+          f"{', '.join(sizes.sources)}; then pt, avg and bmtpt on {', '.join(sizes.targets)}")
+    exp = run_experiment(grid, model, tokenizer, plots=False, echo=lambda line: print(f"[demo] {line}"))
+    by = {(r["method"], r["task"]): r for r in exp.records}
 
     results: dict = {m: {"tasks": {}} for m in METHODS}
-    correct: dict = {}
+    correct = {key: [int(c) for c in r["test_correct"]] for key, r in by.items()}
     for task in sizes.targets:
         for method in METHODS:
-            t = time.time()
-            print(f"[demo] target {task}, method {method}")
-            src = posterior[method]
-            tcfg = TargetConfig(**_common(cfg, sizes, out / "target" / f"{task}-{method}", data_dir), task=task,
-                                **METHOD_TABLE[method].target, posterior=str(src.out) if src else None,
-                                steps=sizes.target_steps, batch_size=sizes.target_batch, eval_every=sizes.eval_every,
-                                shots=sizes.shots, max_dev_examples=sizes.dev_examples,
-                                max_eval_examples=sizes.test_examples, train_eval_examples=sizes.train_eval_examples,
-                                eval_batch_size=32)
-            res = run_target(tcfg, model, tokenizer)
-            correct[(method, task)] = json.loads((res.out / "predictions-test.json").read_text())["correct"]
-            results[method]["tasks"][task] = {"test": res.metrics["test"]["score"],
-                                              "dev": res.metrics["dev"]["score"],
-                                              "dev_at_start": _dev_at_start(res.out),
-                                              "best_step": res.metrics["best_step"],
-                                              "test_examples": res.metrics["test_examples"],
-                                              "dev_examples": res.metrics["dev_examples"]}
-            timings[f"target_{task}_{method}_s"] = time.time() - t
+            r = by[(method, task)]
+            results[method]["tasks"][task] = {"test": r["test_score"], "dev": r["dev_score"],
+                                              "dev_at_start": _dev_at_start(exp.out / r["run_dir"]),
+                                              "best_step": r["best_step"], "test_examples": r["test_examples"],
+                                              "dev_examples": r["dev_examples"]}
     intervals = _intervals(correct, sizes.targets)
     for method in METHODS:
         r = results[method]
@@ -249,9 +236,11 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
         r["average_test"] = sum(v["test"] for v in r["tasks"].values()) / len(r["tasks"])
         r["average_test_ci95"] = intervals[method]["average"]
         r["minus_pt_ci95"] = intervals.get(f"{method}-pt")
-        r["source_example_passes"] = posterior[method].info["compute"]["example_passes"] if posterior[method] else 0
-        r["trainable_parameters_per_target"] = sizes.prompt_length * svgd.particles.shape[2]
-    timings["total_s"] = time.time() - t0
+        first = by[(method, sizes.targets[0])]
+        r["source_example_passes"] = first["source_passes"]
+        r["trainable_parameters_per_target"] = first["trainable_parameters"]
+    timings = {"load_s": load_s, **{f"{k[1]}_{k[0]}_s": r.get("wall_s", 0.0) for k, r in by.items()},
+               "total_s": time.time() - t0}
 
     atomic_write_json(results, out / "results.json")
     run_info = {"config": asdict(cfg), "sizes": asdict(sizes), "source_tasks": list(sizes.sources),
@@ -261,7 +250,8 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
     table = results_table(results, sizes, cfg.model, where, real, cfg.quick)
     (out / "results.md").write_text(table)
     print("\n" + table)
-    print(f"[demo] done in {timings['total_s']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'}")
+    print(f"[demo] done in {timings['total_s']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'} "
+          f"(the full report: {out / EXPERIMENT_DIR / 'results.md'})")
     return results
 
 
