@@ -16,11 +16,9 @@ import types
 import typing
 from pathlib import Path
 
-import yaml
-
 from . import __version__
 from .bench import SpeedConfig, cmd_bench
-from .config import EvalConfig, ExportConfig, SourceConfig, TargetConfig, TinyConfig
+from .config import EvalConfig, ExportConfig, SourceConfig, TargetConfig, TinyConfig, read_yaml_mapping
 from .demo import DemoConfig
 from .errors import BmtptError
 from .predict import PredictConfig
@@ -84,22 +82,14 @@ def build_config(cls, ns: argparse.Namespace):
     """Config = dataclass defaults < YAML file (--config) < command-line options."""
     values: dict = {}
     if getattr(ns, "config", None):
-        path = Path(ns.config).expanduser()
-        if not path.is_file():
-            raise BmtptError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise BmtptError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
-        if not isinstance(loaded, dict):
-            raise BmtptError(f"config file {path} must hold a mapping of option names to values")
+        loaded = read_yaml_mapping(ns.config, "config file", "option names to values")
         names = {f.name for f in dataclasses.fields(cls)}
         for key, value in loaded.items():
             key = str(key).replace("-", "_")
             if key == "command":
                 continue
             if key not in names:
-                raise BmtptError(f"config file {path}: unknown option {key!r}")
+                raise BmtptError(f"config file {Path(ns.config).expanduser()}: unknown option {key!r}")
             values[key] = value
     for f in dataclasses.fields(cls):
         if f.name in vars(ns) and not (f.metadata.get("positional") and getattr(ns, f.name) is None):

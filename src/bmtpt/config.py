@@ -7,6 +7,9 @@ help text below is what `--help` prints. `validate()` turns bad values into one-
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
 
 from .errors import BmtptError
 from .methods import TARGET_KINDS
@@ -319,3 +322,20 @@ class ExportConfig:
             raise BmtptError("a run folder and an output folder are required")
         if self.particle is not None and self.particle < 0:
             raise BmtptError(f"--particle must be non-negative, got {self.particle}")
+
+
+def read_yaml_mapping(path: str | Path, what: str, shape: str, loader: type = yaml.SafeLoader) -> dict:
+    """A YAML file that must hold a mapping (an empty file is an empty one): a missing file, invalid YAML or
+    another type raises a one-line BmtptError that names `what` the file is and the `shape` expected."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BmtptError(f"{what} {path} does not exist")
+    try:
+        raw = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 - a SafeLoader or a subclass of it
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise BmtptError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BmtptError(f"{what} {path} must hold a mapping ({shape}), not a YAML {type(raw).__name__}")
+    return raw

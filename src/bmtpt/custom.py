@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from .config import read_yaml_mapping
 from .errors import BmtptError
 from .tasks import SPLITS, Example, Task, register
 
@@ -72,14 +73,7 @@ def parse_task_file(path: str | Path) -> TaskFile:
     from .metrics import METRICS
 
     path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise BmtptError(f"task file {path} does not exist")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        raise BmtptError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise BmtptError(f"{path}: a task file holds a mapping (name, train, input, target, ...)")
+    raw = read_yaml_mapping(path, "task file", "name, train, input, target, ...", _Loader)
     unknown = sorted(set(map(str, raw)) - set(KEYS))
     if unknown:
         raise BmtptError(f"{path}: unknown key(s) {', '.join(unknown)} (expected {', '.join(KEYS)})")

@@ -15,10 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .baselines import MptConfig
-from .config import CommonConfig, SourceConfig, TargetConfig, result_neutral_options
+from .config import CommonConfig, SourceConfig, TargetConfig, read_yaml_mapping, result_neutral_options
 from .errors import BmtptError
 from .methods import METHODS
 from .tasks import Task, get_task, register
@@ -245,12 +243,7 @@ def load_experiment(config: str | Path | dict) -> ExperimentConfig:
     else:
         path = Path(config).expanduser()
         where, stem = str(path), path.stem
-        if not path.is_file():
-            raise BmtptError(f"experiment config {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise BmtptError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+        raw = read_yaml_mapping(path, "experiment config", "keys to values") or None  # empty: refused below
     if not isinstance(raw, dict):
         fail(where, "must hold a mapping of keys to values")
     raw = {str(k).replace("-", "_"): v for k, v in raw.items()}

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from .checkpoint import CHECKPOINT_FILE, read_checkpoint_meta, remove_stale_temporaries
-from .config import CommonConfig
+from .config import CommonConfig, read_yaml_mapping
 from .errors import BmtptError
 from .runfiles import atomic_write_bytes
 from .tasks import Example, Task
@@ -107,12 +107,7 @@ def saved_options(out: str | Path, command: str) -> dict:
     out = Path(out).expanduser()
     path = out / "config.yaml"
     if path.is_file():
-        try:
-            saved = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise BmtptError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
-        if not isinstance(saved, dict):
-            raise BmtptError(f"{path} does not hold a run's options")
+        saved = read_yaml_mapping(path, "the run's options file", "option names to values")
     elif (out / CHECKPOINT_FILE).is_file():
         meta = read_checkpoint_meta(out)
         saved = {"command": meta.get("kind"), **meta.get("config", {})}
