@@ -72,10 +72,17 @@ def test_run_speed_on_tiny_t5_writes_every_figure(tmp_path):
 def test_bench_speed_command_on_tiny_llama(tmp_path, capsys):
     out = tmp_path / "r" / "speed.json"
     args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    assert main(["bench", "speed", "--backbone", "tiny-llama-shape", "--out", str(out), *args]) == 0
+    try:
+        assert main(["bench", "speed", "--backbone", "tiny-llama-shape", "--out", str(out), "--threads", "2",
+                     "--memory-method", "hwm" if hwm_supported() else "subprocess", *args]) == 0
+    finally:
+        torch.set_num_threads(1)  # conftest's setting for the rest of the session
     printed = capsys.readouterr().out
     assert "naive_speedup" in printed and f"wrote {out}" in printed
-    _check_result(json.loads(out.read_text()), causal=True)
+    res = json.loads(out.read_text())
+    _check_result(res, causal=True)
+    assert res["machine"]["torch_threads"] == 2
+    assert res["memory"]["method"] == ("hwm" if hwm_supported() else "subprocess")
 
 
 def test_bench_rejects_bad_options(capsys):

@@ -54,8 +54,8 @@ def test_log_times_separates_training_steps_from_evaluations(smoke, tmp_path):
 def test_estimate_prices_every_stage_and_cell(smoke, tmp_path):
     config = {"name": "x", "out": str(tmp_path / "x"), "model": "m", "sources": ["synth-sentiment"],
               "source": {"steps": 20, "particles": 2, "batch_size": 4},
-              "targets": ["synth-animal"], "batch_size": 4, "max_eval_examples": 8,
-              "target": {"steps": 10, "eval_every": 4}, "methods": ["pt", "bmtpt"]}
+              "targets": ["synth-animal"], "batch_size": 4,
+              "target": {"steps": 10, "eval_every": 4, "max_eval_examples": 8}, "methods": ["pt", "bmtpt"]}
     r = {"source_row_s": 1.0, "target_row_s": 2.0, "cls_example_label_s": 3.0, "gen_example_s": 5.0}
     e = smoke.estimate(config, r)
     # by hand: one SVGD stage of 20 steps x 4 examples x 2 particles at 1 s a row = 160 s;

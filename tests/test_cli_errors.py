@@ -19,7 +19,8 @@ from bmtpt import target as target_mod
 from bmtpt.checkpoint import load_checkpoint
 from bmtpt.runfiles import save_posterior
 
-SMALL = [*TINY_RUN, "--max-train-examples", "8", "--max-eval-examples", "4"]
+SMALL = [*TINY_RUN, "--max-train-examples", "8"]
+TGT_SMALL = [*SMALL, "--max-eval-examples", "4"]  # the test-set cap is a target option
 
 SRC = ["--tasks", "synth-sentiment,synth-animal", "--particles", "2"]
 
@@ -41,7 +42,7 @@ def good_posterior(tmp_path) -> Path:
 def target_args(model, out, posterior) -> list:
     """A target run on a posterior saved under another name of the same tiny model (hence the flag)."""
     return ["target", "--model", model, "--out", out, "--task", "synth-product", "--posterior", posterior,
-            "--allow-other-backbone", "--steps", "2", "--eval-every", "1", *SMALL]
+            "--allow-other-backbone", "--steps", "2", "--eval-every", "1", *TGT_SMALL]
 
 
 # ----------------------------------------------------------------------------- names and numbers
@@ -209,7 +210,7 @@ def test_empty_dev_set_of_a_target(tmp_path, tiny_dirs, capsys):
     (d / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\tA cat.\tAn animal.\tentailment\n")
     (d / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
     rc, _, err = cli(capsys, "target", "--model", tiny_dirs["llama"], "--out", tmp_path / "out", "--task", "rte",
-                      "--method", "pt", "--data-dir", tmp_path / "data", "--steps", "1", *SMALL)
+                      "--method", "pt", "--data-dir", tmp_path / "data", "--steps", "1", *TGT_SMALL)
     assert_one_line_error(rc, err, "target", "rte", "split is empty")
     assert not (tmp_path / "out").exists()
 
@@ -272,7 +273,7 @@ def test_a_huge_learning_rate_is_caught_before_it_reaches_a_checkpoint(tmp_path,
     model = tiny_dirs["llama"]
     args = (["source", "--model", model, "--out", tmp_path / "run", *SRC, *SMALL] if command == "source" else
             ["target", "--model", model, "--out", tmp_path / "run", "--task", "synth-product", "--method", "pt",
-             *SMALL])
+             *TGT_SMALL])
     rc, _, err = cli(capsys, *args, "--steps", "10", "--checkpoint-every", "1", "--lr", "1e30", "--optimizer", "sgd")
     line = assert_one_line_error(rc, err, command, "became non-finite at step", "synth-")
     ck = load_checkpoint(tmp_path / "run", command)

@@ -130,3 +130,11 @@ def test_classification_targets_can_leave_out_the_end_of_text(tiny):
     assert with_eos == without + [tok.eos_token_id] and len(without) == 1
     words = encode_examples(tok, ex, arch == "t5", words={"yes": "no"}, eos=False).targets[0]
     assert words == encode_examples(tok, [Example("the cat sat", "no")], arch == "t5", eos=False).targets[0]
+
+
+def test_targets_are_cut_to_max_target_tokens(tiny):
+    arch, _, tok = tiny
+    ex = [Example("the cat sat", "the cat sat on the mat by the door")]
+    full = encode_examples(tok, ex, arch == "t5").targets[0]
+    cut = encode_examples(tok, ex, arch == "t5", max_target_tokens=3).targets[0]
+    assert len(full) > 3 and len(cut) == 3 and cut[:2] == full[:2]

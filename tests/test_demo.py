@@ -147,3 +147,14 @@ def test_a_data_dir_without_the_files_is_refused_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "lacks the demo's files" in err[0] and not (tmp_path / "o").exists()
     assert main(["demo", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@needs_data
+def test_quick_picks_the_smaller_budget(capsys, monkeypatch):
+    from bmtpt.cli import build_config, make_parser
+
+    ns = make_parser().parse_args(["demo", "--quick", "--data-dir", str(DATA)])
+    cfg = build_config(DemoConfig, ns)
+    assert cfg.quick and demo.choose_data(cfg, None)[0] == QUICK
+    assert demo.choose_data(replace(cfg, quick=False), None)[0] == demo.FULL
+    assert QUICK.test_examples < demo.FULL.test_examples and len(QUICK.targets) < len(demo.FULL.targets)

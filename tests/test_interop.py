@@ -337,16 +337,16 @@ def test_cli_init_from_a_peft_adapter(tmp_path, tiny_dirs, capsys):
     model = tiny_dirs["llama"]
     adapter = write_peft_adapter(_prompt(10, length=3), tmp_path / "a", "CAUSAL_LM", str(model))
     small = ["--model", model, "--prompt-length", "3", "--batch-size", "4", "--max-train-examples", "8",
-             "--max-eval-examples", "4", "--device", "cpu", "--no-progress"]
+             "--device", "cpu", "--no-progress"]
     rc, _, err = cli(capsys, "target", "--method", "pt", "--task", "synth-product", "--init", f"peft:{adapter}",
-                     "--steps", "1", "--out", tmp_path / "tgt", *small)
+                     "--steps", "1", "--out", tmp_path / "tgt", "--max-eval-examples", "4", *small)
     assert rc == 0, err
     rc, _, err = cli(capsys, "source", "--tasks", "synth-animal,synth-past", "--particles", "2", "--steps", "1",
                      "--init", f"peft:{adapter}", "--out", tmp_path / "src", *small)
     assert rc == 0, err
     narrow = write_peft_adapter(_prompt(0, length=3, width=16), tmp_path / "narrow", "CAUSAL_LM", None)
     rc, _, err = cli(capsys, "target", "--method", "pt", "--task", "synth-product", "--init", f"peft:{narrow}",
-                     "--steps", "1", "--out", tmp_path / "t2", *small)
+                     "--steps", "1", "--out", tmp_path / "t2", "--max-eval-examples", "4", *small)
     assert_one_line_error(rc, err, "target", "16 wide", "embeds in 32")
     lora = tmp_path / "lora"
     lora.mkdir()

@@ -46,3 +46,18 @@ def test_load_train_uses_shots_balanced_and_ignores_the_cap():
     assert len(got) == 8 and Counter(e.target for e in got) == {"yes": 4, "no": 4}
     assert len(load_train(SKEWED, _cfg(max_train_examples=50))) == 50
     assert len(load_train(FREE, _cfg(shots=8))) == 8  # no labels: a plain seeded sample
+
+
+def test_device_option_is_resolved_or_refused(monkeypatch):
+    import pytest
+    import torch
+
+    from bmtpt.errors import BmtptError
+    from bmtpt.runs import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(BmtptError, match="no CUDA device is available"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"

@@ -37,8 +37,6 @@ class CommonConfig:
     max_input_tokens: int = opt(256, "inputs are truncated to this many tokens")
     max_target_tokens: int = opt(32, "targets are truncated to this many tokens")
     max_train_examples: int | None = opt(None, "use at most this many training examples per task")
-    max_eval_examples: int | None = opt(None, "evaluate on at most this many examples per split (a fixed sample, "
-                                        "the same for every seed and method, so scores pair up)")
     verbalizers: str = opt("auto", "words of classification labels: auto (on causal LMs, one token per label where "
                            "the tokenizer allows: the labels or the task's one-word alternatives such as yes/no; "
                            "seq2seq models keep the labels) or labels (always the task's labels)", ("auto", "labels"))
@@ -72,9 +70,9 @@ class CommonConfig:
             raise BmtptError("--out is required")
         for name in ("prompt_length", "batch_size", "max_input_tokens", "max_target_tokens", "log_every",
                      "checkpoint_every", "grad_accum"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:  # a target's length may be unset
                 raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("max_train_examples", "max_eval_examples", "particle_chunk"):
+        for name in ("max_train_examples", "particle_chunk"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise BmtptError(f"--{name.replace('_', '-')} must be positive, got {v}")
@@ -142,6 +140,18 @@ class SourceConfig(CommonConfig):
         if self.final_eval_examples < 0:
             raise BmtptError(f"--final-eval-examples must be >= 0, got {self.final_eval_examples}")
         parse_likelihood_scale(self.likelihood_scale)
+        if self.mixing != "temperature" and self.mixing_temperature != _default(SourceConfig, "mixing_temperature"):
+            raise BmtptError(f"--mixing-temperature applies to --mixing temperature, not --mixing {self.mixing}")
+        if self.method == "independent":  # no kernel: each prompt follows its own task's gradient
+            given = [f"--{f.name.replace('_', '-')}" for f in fields(self)
+                     if f.name in SVGD_KERNEL_OPTIONS and getattr(self, f.name) != f.default]
+            if given:
+                raise BmtptError(f"{', '.join(given)} shape{'s' * (len(given) == 1)} SVGD's kernel; --method "
+                                 "independent trains each prompt alone and has none")
+
+
+# options of SVGD's kernel: a source stage of --method independent has no kernel and refuses them
+SVGD_KERNEL_OPTIONS = ("bandwidth", "kernel_view", "repulsion")
 
 
 def parse_task_weights(spec: str | None, count: int | None = None) -> list[float] | None:
@@ -181,6 +191,8 @@ class TargetConfig(CommonConfig):
     """`bmtpt target`: train a target prompt by MAP with the source posterior as prior."""
 
     task: str = opt("", "target task (required)")
+    prompt_length: int | None = opt(None, "soft prompt length l (default: the posterior's; 100 for --method pt); "
+                                    "a length other than the posterior's is refused")
     allow_other_backbone: bool = opt(False, "accept a posterior trained on another backbone of the same embedding "
                                      "width (its prompts mean something else there; refused by default)")
     posterior: str | None = opt(None, "output folder of `bmtpt source` (required unless --method pt)", neutral=True)
@@ -214,6 +226,8 @@ class TargetConfig(CommonConfig):
                           "later step)")
     train_eval_examples: int = opt(128, "training examples (a fixed sample) also scored at every evaluation, logged "
                                    "as train/<metric> in metrics.jsonl (0: off)")
+    max_eval_examples: int | None = opt(None, "test (and, without --max-dev-examples, dev) examples at most: a fixed "
+                                        "sample, the same for every seed and method, so scores pair up")
     max_dev_examples: int | None = opt(None, "dev examples used to pick the best step (default: --max-eval-examples)")
     eval_mode: str = opt("rank", "rank: rank classification for classification tasks; generate: decode",
                          ("rank", "generate"))
@@ -251,6 +265,18 @@ class TargetConfig(CommonConfig):
                 raise BmtptError(f"{', '.join(given)} set the prior of --method bmtpt; --method {self.method} has none")
         if self.particle_chunk is not None:
             raise BmtptError("--particle-chunk splits a source stage's particles; a target run trains one prompt")
+        if not kind.needs_posterior:  # pt trains from scratch: a posterior would be read by nothing
+            if self.posterior:
+                raise BmtptError(f"--method {self.method} trains from scratch and reads no --posterior (use --method "
+                                 "avg or bmtpt to start from it)")
+            if self.allow_other_backbone:
+                raise BmtptError(f"--allow-other-backbone concerns a posterior; --method {self.method} reads none")
+        if not self.rank_one and self.lr_factor != _default(TargetConfig, "lr_factor"):
+            raise BmtptError("--lr-factor is the learning rate of the rank-one factor: add --rank-one")
+
+
+def _default(cls, name: str):
+    return next(f.default for f in fields(cls) if f.name == name)
 
 
 def result_neutral_options() -> frozenset[str]:

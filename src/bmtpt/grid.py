@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .baselines import MptConfig
-from .config import PRIOR_OPTIONS, SourceConfig, TargetConfig
+from .config import PRIOR_OPTIONS, SVGD_KERNEL_OPTIONS, SourceConfig, TargetConfig
 from .errors import BmtptError
 from .expconfig import FIXED_TARGET, HASH_SKIP, STAGE_KIND, ExperimentConfig, MethodSpec, fail
 from .methods import METHODS
@@ -88,6 +88,8 @@ def _stage(exp: ExperimentConfig, spec: MethodSpec, seed: int, run: dict, source
     cls = SourceConfig
     if kind == "independent":
         values.update(method="independent", particles=len(exp.sources))
+        for key in SVGD_KERNEL_OPTIONS:  # a global `source:` kernel setting is for the SVGD stages
+            values.pop(key, None)
     elif kind == "svgd":
         values["method"] = "svgd"
     else:

@@ -46,6 +46,7 @@ from .session import RunSession
 from .tasks import Task, get_task
 
 TARGET_FORMAT = 1
+DEFAULT_PROMPT_LENGTH = 100  # pt's prompt length when --prompt-length is not given (the source stage's default)
 
 
 @dataclass
@@ -72,7 +73,7 @@ def initial_prompt(cfg: TargetConfig, model, tokenizer, particles: Tensor | None
         if not 0 <= k < particles.shape[0]:
             raise BmtptError(f"--init {init}: the posterior has particles 0..{particles.shape[0] - 1}")
         return particles[k].clone()
-    length = particles.shape[1] if particles is not None else cfg.prompt_length
+    length = particles.shape[1] if particles is not None else (cfg.prompt_length or DEFAULT_PROMPT_LENGTH)
     return init_prompts(model, tokenizer, 1, length, init, cfg.seed)[0]
 
 
@@ -131,6 +132,9 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
                              "--allow-other-backbone if they are the same model under two names)")
         folder = Path(cfg.posterior).expanduser()  # the prior is the particles and posterior.json's bandwidth
         digest = file_digest(folder / "particles.safetensors", folder / "posterior.json")
+    if particles is not None and cfg.prompt_length not in (None, particles.shape[1]):
+        raise BmtptError(f"--prompt-length {cfg.prompt_length}: the posterior's prompts are {particles.shape[1]} long, "
+                         "and a target run starting from them keeps their length (leave --prompt-length out)")
     if session.ckpt is not None and session.ckpt.state.get("posterior_sha256") != digest:
         raise BmtptError(f"cannot resume {cfg.out}: the posterior in {cfg.posterior} changed since the run started")
     session.seed()
