@@ -30,7 +30,9 @@ import yaml
 
 from .config import read_yaml_mapping
 from .errors import BmtptError
-from .tasks import SPLITS, Example, Task, register
+from .suites.readers import read_jsonl
+from .suites.splits import shuffled
+from .tasks import SPLITS, Example, Task, register, registered
 
 
 class _Loader(yaml.SafeLoader):
@@ -70,7 +72,7 @@ def is_task_file(name: str) -> bool:
 
 def parse_task_file(path: str | Path) -> TaskFile:
     """Read and check a task YAML (its data files are read later, when a split is loaded)."""
-    from .metrics import METRICS
+    from .metrics import METRICS  # lazy, as in Task.score: numpy / scipy / sklearn only when needed
 
     path = Path(path).expanduser().resolve()
     raw = read_yaml_mapping(path, "task file", "name, train, input, target, ...", _Loader)
@@ -117,8 +119,6 @@ def parse_task_file(path: str | Path) -> TaskFile:
 def read_rows(path: Path) -> list[tuple[str, dict]]:
     """(where, row) of a JSONL, CSV or TSV file (CSV/TSV: a header row names the columns); `where` is
     "path line N" for error messages."""
-    from .suites.readers import read_jsonl
-
     if path.suffix.lower() == ".jsonl":
         return [(r.where, dict(r.data)) for r in read_jsonl(path)]
     rows = []
@@ -161,11 +161,8 @@ def file_examples(tf: TaskFile, path: Path) -> list[Example]:
 
 def task_from_file(path: str | Path) -> Task:
     """The Task a YAML file defines (registered under its name; the same file again returns it)."""
-    from .suites.splits import shuffled
-    from .tasks import _REGISTRY
-
     tf = parse_task_file(path)
-    known = _REGISTRY.get(tf.name)
+    known = registered(tf.name)
     if known is not None:
         if known.source_file == str(tf.path):
             return known

@@ -11,8 +11,7 @@ from .errors import BmtptError
 from .prompted import PromptedModel
 from .runfiles import atomic_write_json, load_posterior, load_prompt_tensor, read_json_object
 from .runs import check_data_dir, load_split, resolve_device
-from .target import score_of
-from .tasks import get_task
+from .tasks import get_task, score_of
 
 
 def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:

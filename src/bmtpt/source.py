@@ -36,7 +36,7 @@ from .runfiles import save_posterior
 from .runs import load_model, load_split, make_optimizer
 from .session import RunSession
 from .svgd import mean_pairwise_distance, median_bandwidth, pairwise_sq_dists, svgd_terms
-from .tasks import parse_task_list
+from .tasks import parse_task_list, score_of
 
 
 @dataclass
@@ -243,8 +243,6 @@ def final_dev_scores(pm: PromptedModel, particles: Tensor, tasks: list, dev: lis
                      ) -> dict[str, dict]:
     """Each source task's dev score under the particles' mean and under each particle (is every source
     task learnt well above chance? the evidence that the posterior holds something to transfer)."""
-    from .target import score_of  # target imports nothing of this module; late to keep the import order plain
-
     out = {}
     mean = particles.mean(0)
     for task, examples in tqdm(list(zip(tasks, dev)), desc="source dev scores", disable=not progress, leave=False):

@@ -43,7 +43,7 @@ from .runfiles import (
 )
 from .runs import load_model, load_split, load_train, make_optimizer
 from .session import RunSession
-from .tasks import Task, get_task
+from .tasks import Task, get_task, score_of
 
 TARGET_FORMAT = 1
 DEFAULT_PROMPT_LENGTH = 100  # pt's prompt length when --prompt-length is not given (the source stage's default)
@@ -75,11 +75,6 @@ def initial_prompt(cfg: TargetConfig, model, tokenizer, particles: Tensor | None
         return particles[k].clone()
     length = particles.shape[1] if particles is not None else (cfg.prompt_length or DEFAULT_PROMPT_LENGTH)
     return init_prompts(model, tokenizer, 1, length, init, cfg.seed)[0]
-
-
-def score_of(metrics: dict) -> float:
-    """One number per evaluation: the mean of the task's metrics (as GLUE averages F1 and accuracy)."""
-    return sum(metrics.values()) / len(metrics)
 
 
 def evaluate_prompt(pm: PromptedModel, prompt: Tensor, task: Task, examples, cfg: TargetConfig) -> dict:

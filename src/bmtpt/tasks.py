@@ -8,6 +8,7 @@ Classification tasks declare label *verbalizers* (words); they are scored by ran
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,10 +147,18 @@ def register(task: Task) -> Task:
 
 
 def _load_all() -> None:
-    import importlib
-
     for mod in _LAZY_MODULES:
         importlib.import_module(mod)
+
+
+def score_of(metrics: dict) -> float:
+    """One number per evaluation: the mean of the task's metrics (as GLUE averages F1 and accuracy)."""
+    return sum(metrics.values()) / len(metrics)
+
+
+def registered(name: str) -> Task | None:
+    """The task registered under exactly `name` (built-in or from a task file), if any."""
+    return _REGISTRY.get(name)
 
 
 def list_tasks() -> list[Task]:
@@ -163,10 +172,8 @@ def get_task(name: str) -> Task:
     an unknown name raises BmtptError suggesting the closest names."""
     _load_all()
     key = name.strip()
-    if key.lower().endswith((".yaml", ".yml")):
-        from .custom import task_from_file  # custom builds Tasks: it imports this module
-
-        return task_from_file(key)
+    if key.lower().endswith((".yaml", ".yml")):  # a task file: bmtpt.custom reads it (a provider, as the suites)
+        return importlib.import_module(f"{__package__}.custom").task_from_file(key)
     if key in _REGISTRY:
         return _REGISTRY[key]
     lowered = {n.lower(): n for n in _REGISTRY}
