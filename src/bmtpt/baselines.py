@@ -67,6 +67,8 @@ class MptConfig(SourceConfig):
             raise BmtptError(f"mpt lr_factor must be positive, got {self.lr_factor}")
         if self.factor_init not in ("ones", "normal"):
             raise BmtptError(f"mpt factor_init must be ones or normal, got {self.factor_init!r}")
+        if self.parallel != "data":
+            raise BmtptError("MPT's source stage trains one shared prompt: it runs data-parallel only")
 
 
 def task_prompts(shared: Tensor, u: Tensor, v: Tensor) -> Tensor:
@@ -92,6 +94,7 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
     if model is None:
         model, tokenizer = load_backbone(cfg.model, cfg.trust_remote_code, device=session.device)
     pm = PromptedModel.for_run(model, tokenizer, cfg)
+    pm.dist = session.dist
 
     # the same data pipeline as the SVGD source stage
     encoded = [pm.encode(task, examples, cfg.max_target_tokens) for task, examples in zip(tasks, train)]
@@ -131,14 +134,19 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
         batch = mixed_batch(encoded, samplers, per_task, pm.pad_id, pm.is_seq2seq)
         ntok = batch.target_mask.sum(-1).to(pm.device)
         opt_.zero_grad(set_to_none=True)
-        nlls = []
-        for rows in torch.arange(len(groups)).tensor_split(cfg.grad_accum):  # gradient accumulation
+        nll = torch.zeros(len(groups), device=pm.device)
+        mine = torch.tensor(list(session.dist.block(len(groups))), dtype=torch.long)  # all rows in one process
+        for rows in mine.tensor_split(cfg.grad_accum):  # gradient accumulation
             if len(rows):
-                nll, _ = pm.example_nll(task_prompts(shared, u, v), select_rows(batch, rows),
-                                        prompt_index=groups[rows.to(groups.device)])
-                (nll.sum() / ntok.sum().clamp_min(1)).backward()  # the whole batch's token count
-                nlls.append(nll.detach())
-        nll = torch.cat(nlls)
+                part, _ = pm.example_nll(task_prompts(shared, u, v), select_rows(batch, rows),
+                                         prompt_index=groups[rows.to(groups.device)])
+                (part.sum() / ntok.sum().clamp_min(1)).backward()  # the whole batch's token count
+                nll[rows.to(nll.device)] = part.detach().to(nll.dtype)
+        if session.dist.active:  # data-parallel: the other processes' rows and gradients
+            for p in live.values():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            session.dist.sum_(nll, *(p.grad for p in live.values()))
         loss = nll.sum() / ntok.sum().clamp_min(1)
         if not torch.isfinite(loss):
             raise session.nonfinite("the loss", step, names)
@@ -157,6 +165,9 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
                                                              "train_sizes": sizes})
 
     final = shared.detach().float().cpu()
+    if not session.dist.is_main:  # rank 0 writes the results
+        session.finish()
+        return SourceResult(final[None], {}, session.out)
     atomic_save_tensors({"shared_prompt": final, "task_cols": u.detach().float(), "task_rows": v.detach().float()},
                         session.out / MPT_FACTORS_FILE)
     info = {"backbone": cfg.model, "source_tasks": names, "method": "mpt",
@@ -166,6 +177,7 @@ def train_mpt_source(cfg: MptConfig, model=None, tokenizer=None) -> SourceResult
             "trainable_parameters": mpt_trainable_parameters(length, width, num), "task_factors": MPT_FACTORS_FILE,
             "hyperparameters": cfg.to_dict()}
     save_posterior(session.out, final[None], info, initial=shared_init[None])
+    session.finish()
     return SourceResult(final[None], info, session.out)
 
 

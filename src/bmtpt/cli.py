@@ -109,13 +109,24 @@ def build_config(cls, ns: argparse.Namespace):
 
 
 # ----------------------------------------------------------------------------- commands
+# the commands that run under torchrun (`bmtpt.distributed`); the others refuse to run in several processes
+DISTRIBUTED_COMMANDS = ("source", "target")
+
+
+def _main_process() -> bool:
+    """Rank 0 of a torchrun launch, or the only process: the one that prints results."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_source(cfg: SourceConfig) -> int:
     """Train the source posterior's particles."""
     from .source import run_source
 
     res = run_source(cfg)
-    print(f"wrote {res.out / 'particles.safetensors'} ({tuple(res.particles.shape)}) and posterior.json; "
-          f"bandwidth {res.info['bandwidth']:.4g}")
+    if _main_process():
+        h = res.info["bandwidth"]
+        print(f"wrote {res.out / 'particles.safetensors'} ({tuple(res.particles.shape)}) and posterior.json; "
+              f"bandwidth {f'{h:.4g}' if h is not None else 'none (one particle)'}")
     return 0
 
 
@@ -124,8 +135,9 @@ def cmd_target(cfg: TargetConfig) -> int:
     from .target import run_target
 
     res = run_target(cfg)
-    print(json.dumps({"task": cfg.task, "method": cfg.method, **res.metrics}, indent=2))
-    print(f"wrote {res.out / 'prompt.safetensors'} and target.json")
+    if _main_process():
+        print(json.dumps({"task": cfg.task, "method": cfg.method, **res.metrics}, indent=2))
+        print(f"wrote {res.out / 'prompt.safetensors'} and target.json")
     return 0
 
 
@@ -301,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise BmtptError(f"bmtpt {args.command} runs in one process; under torchrun only "
+                             f"{' and '.join(DISTRIBUTED_COMMANDS)} runs are distributed (launch it without torchrun)")
         if args.command in CONFIG_COMMANDS:
             cls, fn = CONFIG_COMMANDS[args.command]
             return fn(build_config(cls, args))
@@ -320,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bmtpt {args.command}: internal error: {type(e).__name__}: {e} "
               "(set BMTPT_DEBUG=1 for the traceback; please report it)", file=sys.stderr)
         return 1
+    finally:
+        dist = sys.modules.get("torch.distributed")  # a torchrun launch: leave the process group cleanly
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

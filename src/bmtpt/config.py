@@ -119,6 +119,10 @@ class SourceConfig(CommonConfig):
                            "of the drive in the first CPU grids); 0 leaves kernel-averaged, non-repelling particles")
     final_eval_examples: int = opt(200, "dev examples of each source task on which the final particles and their "
                                    "mean are scored, into posterior.json (0: skip)")
+    parallel: str = opt("data", "under torchrun, how processes share a step: data (each takes a shard of every "
+                        "batch) or particle (each scores its block of the particles on the whole batch; for "
+                        "many particles and small batches); one process ignores it", ("data", "particle"),
+                        neutral=True)
 
     def validate(self) -> None:
         """Raise BmtptError on values that cannot work."""

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .backbone import embedding_width, is_seq2seq_config
 from .data import Batch, Encoded, batch_of, chunks, collate, encode_examples, encode_input, encode_target
+from .distributed import Dist
 from .errors import BmtptError
 from .tasks import Example, Task
 from .verbalizers import label_words
@@ -121,6 +122,7 @@ class PromptedModel:
         self.precision = precision
         self.max_input_tokens = max_input_tokens
         self.progress = False  # evaluation progress bars; the stages turn them on with --progress
+        self.dist = Dist()  # a distributed run's stages set theirs: evaluations are then sharded by example
         self.pad_id = tokenizer.pad_token_id
         self.device = next(model.parameters()).device
         fwd = inspect.signature(model.forward).parameters
@@ -352,7 +354,14 @@ class PromptedModel:
     def predict(self, prompt: Tensor, task: Task, examples: Sequence[Example], mode: str = "rank",
                 batch_size: int = 32) -> list:
         """Predictions for a task: rank classification for classification tasks in 'rank' mode, else
-        generation. A classification task's predictions are its labels (the backbone's words mapped back)."""
+        generation. A classification task's predictions are its labels (the backbone's words mapped back).
+        In a distributed run each process predicts its block of the examples and all get every prediction."""
+        if self.dist.active:
+            mine = [examples[i] for i in self.dist.block(len(examples))]
+            return self.dist.gather(self._predict(prompt, task, mine, mode, batch_size) if mine else [])
+        return self._predict(prompt, task, examples, mode, batch_size)
+
+    def _predict(self, prompt: Tensor, task: Task, examples: Sequence[Example], mode: str, batch_size: int) -> list:
         words = self.words(task)
         back = {w: label for label, w in words.items()}
         if mode == "rank" and task.is_classification:

@@ -226,12 +226,15 @@ class JsonlLog:
     killed process are not duplicated, and continues the clock from `elapsed`.
     """
 
-    def __init__(self, path: Path, elapsed: float = 0.0):
+    def __init__(self, path: Path, elapsed: float = 0.0, enabled: bool = True):
         self.path = path
         self.t0 = time.time() - elapsed
+        self.enabled = enabled  # off in the other processes of a distributed run: rank 0 writes the log
 
     def write(self, **record) -> None:
         """Append one record with the elapsed seconds."""
+        if not self.enabled:
+            return
         record = {"time_s": round(time.time() - self.t0, 3), **record}
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=float) + "\n")
@@ -246,6 +249,8 @@ class JsonlLog:
 
     def truncate(self, position: int) -> None:
         """Cut the log back to `position` bytes (a checkpoint's); refuse a log shorter than that."""
+        if not self.enabled:
+            return
         if self.position() < position:
             raise BmtptError(f"{self.path} is shorter than when the checkpoint was written ({self.position()} < "
                              f"{position} bytes): it was edited or replaced, so the run cannot resume consistently")

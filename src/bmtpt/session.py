@@ -15,6 +15,9 @@ A stage owns only its step maths; the session owns what is the same for all of t
 Resuming continues exactly where the checkpoint was written: the log is cut back to the checkpoint's
 byte position (steps the killed process logged after it are not duplicated), its clock continues,
 and the optimiser and RNG states are restored last, so an interrupted run ends as an uninterrupted one.
+
+Under torchrun (`bmtpt.distributed`) every process runs the same session: all of them check the inputs
+and read the same checkpoint; only rank 0 creates the folder, logs, shows progress and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, check_resume_options, load_checkpoint, save_checkpoint
 from .config import CommonConfig
+from .distributed import init_distributed
 from .errors import BmtptError
 from .runs import JsonlLog, check_data_dir, check_run_dir, prepare_run_dir, resolve_device, save_config, seed_everything
 
@@ -43,11 +47,12 @@ class RunSession:
         cfg.validate()
         check_data_dir(cfg.data_dir)
         self.cfg, self.kind = cfg, kind
-        self.device = resolve_device(cfg.device)
+        self.dist, self.device = init_distributed(resolve_device(cfg.device))
         self.out = check_run_dir(cfg)
         self.ckpt: Checkpoint | None = load_checkpoint(cfg.out, kind) if cfg.resume else None
         if self.ckpt is not None:
             check_resume_options(self.ckpt.config, cfg.to_dict(), cfg.out)
+        self.dist.barrier()  # every process has checked the folder before rank 0 writes into it
         self.start, self.last_saved = 1, None
         self.log: JsonlLog | None = None
 
@@ -62,18 +67,21 @@ class RunSession:
         tensors and state (a missing key is reported as an incomplete checkpoint), then restores the
         optimiser and the RNG states: nothing after this may draw random numbers before the first step.
         """
-        out = prepare_run_dir(self.cfg, resumable=True)
-        self.log = JsonlLog(out / "metrics.jsonl")
+        main = self.dist.is_main
+        out = prepare_run_dir(self.cfg, resumable=True) if main else self.out
+        self.dist.barrier()
+        self.log = JsonlLog(out / "metrics.jsonl", enabled=main)
         ckpt = self.ckpt
         if ckpt is None:
-            save_config(out, self.kind, self.cfg)
+            if main:
+                save_config(out, self.kind, self.cfg)
             return out
         # the resumed run keeps the interrupted run's config.yaml
         try:
             if restore is not None:
                 restore(ckpt)
             self.log.truncate(ckpt.state["log_position"])
-            self.log = JsonlLog(self.log.path, elapsed=ckpt.state["elapsed_s"])
+            self.log = JsonlLog(self.log.path, elapsed=ckpt.state["elapsed_s"], enabled=main)
         except (KeyError, ValueError, TypeError) as e:
             raise BmtptError(f"checkpoint {ckpt.path} is incomplete ({type(e).__name__}: {e})") from e
         ckpt.restore(optimizer)
@@ -83,7 +91,7 @@ class RunSession:
     def steps(self, desc: str) -> Iterator[int]:
         """The steps still to run (1..steps, or from the checkpoint's next), under a progress bar."""
         self.bar = tqdm(range(self.start, self.cfg.steps + 1), initial=self.start - 1, total=self.cfg.steps,
-                        desc=desc, disable=not self.cfg.progress)
+                        desc=desc, disable=not (self.cfg.progress and self.dist.is_main))
         yield from self.bar
 
     def show(self, **values: float) -> None:
@@ -96,10 +104,16 @@ class RunSession:
 
     def save_checkpoint(self, step: int, tensors: dict, optimizer: torch.optim.Optimizer, state: dict) -> None:
         """Write the run state after `step`: the stage's tensors and state, the log position and clock, the
-        optimiser and RNG states (`bmtpt.checkpoint`)."""
-        save_checkpoint(self.out, self.kind, step, self.cfg.to_dict(), tensors, optimizer,
-                        {**state, "log_position": self.log.position(), "elapsed_s": self.log.elapsed()})
+        optimiser and RNG states (`bmtpt.checkpoint`); rank 0 writes it."""
+        if self.dist.is_main:
+            save_checkpoint(self.out, self.kind, step, self.cfg.to_dict(), tensors, optimizer,
+                            {**state, "log_position": self.log.position(), "elapsed_s": self.log.elapsed()})
         self.last_saved = step
+
+    def finish(self) -> None:
+        """Wait until rank 0 has written the results (a no-op for one process): when a stage returns, its
+        files exist for every process."""
+        self.dist.barrier()
 
     def nonfinite(self, what: str, step: int, on: Sequence[str]) -> BmtptError:
         """The error for a NaN/inf at `step` on the named tasks; it says which checkpoint survives."""

@@ -29,6 +29,7 @@ from . import __version__
 from .checkpoint import Checkpoint
 from .config import SourceConfig, parse_likelihood_scale, parse_task_weights
 from .data import Batch, EpochSampler, collate, select_rows
+from .distributed import Dist
 from .errors import BmtptError
 from .prompted import PromptedModel
 from .prompts import init_prompts
@@ -85,29 +86,38 @@ def mixed_batch(encoded: list, samplers: list, per_task: list[int], pad_id: int,
 
 def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor, num_tasks: int,
                     weights: Tensor, prior_std: float | None, independent: bool = False,
-                    chunk: int | None = None, micro_batches: int = 1) -> tuple[Tensor, Tensor]:
+                    chunk: int | None = None, micro_batches: int = 1, rows: Tensor | None = None,
+                    owned: range | None = None, with_prior: bool = True) -> tuple[Tensor, Tensor]:
     """Scores grad log p(theta_m | sources), (M, l, d), and per-particle per-task mean losses, (M, K).
 
     svgd: every particle sees every example (M*B rows). independent: particle k sees only the rows of
     task k (B rows). `chunk` caps the particles per forward pass and `micro_batches` splits the examples
     into that many passes (gradient accumulation); either way the gradients accumulate into the same
     scores, because each pass divides its summed NLL by the token count of the *whole* batch.
+
+    One process's share of a distributed step: `rows` (batch rows, data-parallel) or `owned` (a block of
+    particles, particle-parallel) restrict the work, and the prior enters only `with_prior`; the shares
+    of all processes sum to the whole step's scores and losses (the others' entries are zero here).
     """
     m = particles.shape[0]
     leaf = particles.detach().requires_grad_(True)
     losses = torch.zeros(m, num_tasks)
     dev = groups.device
+    owned = owned if owned is not None else range(m)
     # target tokens of each task in the whole batch: the denominators of the per-task mean losses
     counts = torch.zeros(num_tasks, device=dev).index_add(0, groups, batch.target_mask.to(dev).sum(-1).float())
     counts = counts.clamp_min(1)
     w = weights.to(dev)
     chunk = chunk or m
-    parts = [r for r in torch.arange(len(groups), device=dev).tensor_split(max(1, micro_batches)) if len(r)]
-    for a in range(0, m, chunk):
-        b = min(m, a + chunk)
+    rows = torch.arange(len(groups), device=dev) if rows is None else rows.to(dev)
+    parts = [r for r in rows.tensor_split(max(1, micro_batches)) if len(r)]
+    for a in range(owned.start, owned.stop, chunk):
+        b = min(owned.stop, a + chunk)
         log_post = torch.zeros((), device=dev)
-        if prior_std is not None:  # once per particle, not once per micro-batch
+        if prior_std is not None and with_prior:  # once per particle, not once per micro-batch
             log_post = -(leaf[a:b].float() ** 2).sum() / (2 * prior_std**2)
+            if not parts:  # no rows in this share: the prior alone
+                (-log_post).backward()
         for rows in parts:
             g = groups[rows]
             if independent:  # particle k sees only the rows of task k
@@ -127,7 +137,8 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
             (-(log_post - (per * w).sum())).backward()
             log_post = torch.zeros((), device=dev)
             losses[a:b] += per.detach().float().cpu()
-    return -leaf.grad.detach(), losses
+    grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)  # a share without work
+    return -grad.detach(), losses
 
 
 def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
@@ -149,6 +160,7 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     if model is None:
         model, tokenizer = load_model(cfg, session.device)
     pm = PromptedModel.for_run(model, tokenizer, cfg)
+    pm.dist = session.dist
 
     # tokenise each data set once; steps only cut batches from the ids
     encoded = [pm.encode(task, examples, cfg.max_target_tokens) for task, examples in zip(tasks, train)]
@@ -186,10 +198,12 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
             fisher["n"] = int(ckpt.state.get("fisher_n", 0))
 
     out = session.open(opt, restore)
+    share = _share(session.dist, cfg.parallel, len(groups), cfg.particles)
     for step in session.steps(f"source ({cfg.method}, M={cfg.particles})"):
         batch = mixed_batch(encoded, samplers, per_task, pm.pad_id, pm.is_seq2seq)
         scores, losses = particle_scores(pm, particles, batch, groups, len(tasks), weights, cfg.prior_std,
-                                         independent, cfg.particle_chunk, cfg.grad_accum)
+                                         independent, cfg.particle_chunk, cfg.grad_accum, **share)
+        session.dist.sum_(scores, losses)  # every process now holds the whole step's scores
         bad = [names[k] for k in range(len(tasks)) if not torch.isfinite(losses[:, k]).all()]
         if bad:
             raise session.nonfinite("the loss", step, bad)
@@ -235,8 +249,19 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
         info["final_dev"] = final_dev_scores(pm, final.to(pm.device), tasks, dev, cfg.progress)
     # the initial particles go with the final ones: SPoT compares what training *moved* (final - initial)
     extra = {"fisher": (fisher["sum"] / fisher["n"]).float().cpu()} if fisher["n"] else {}
-    save_posterior(out, final, info, initial=initial, extra=extra)  # posterior.json last: it marks the run complete
+    if session.dist.is_main:  # posterior.json last: it marks the run complete
+        save_posterior(out, final, info, initial=initial, extra=extra)
+    session.finish()
     return SourceResult(final, info, out)
+
+
+def _share(dist: Dist, parallel: str, rows: int, particles: int) -> dict:
+    """particle_scores' arguments for this process's share of a step (none in a one-process run)."""
+    if not dist.active:
+        return {}
+    if parallel == "particle":  # a block of the particles, every row; each particle's prior with its owner
+        return {"owned": dist.block(particles)}
+    return {"rows": torch.tensor(list(dist.block(rows)), dtype=torch.long), "with_prior": dist.is_main}
 
 
 def final_dev_scores(pm: PromptedModel, particles: Tensor, tasks: list, dev: list[list], progress: bool = True

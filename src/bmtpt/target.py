@@ -28,6 +28,7 @@ from .backbone import embedding_width
 from .checkpoint import Checkpoint, file_digest
 from .config import TargetConfig
 from .data import EpochSampler, batch_of
+from .distributed import Dist
 from .errors import BmtptError
 from .methods import TARGET_KINDS
 from .prior import PriorTerm, effective_weight, prior_bandwidth
@@ -143,7 +144,8 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         raise BmtptError(f"the posterior's prompts are {particles.shape[2]} wide but backbone {cfg.model} embeds "
                          f"in {width}: was it trained on another backbone ({meta.get('backbone')})?")
     pm = PromptedModel.for_run(model, tokenizer, cfg)
-    pm.progress = cfg.progress
+    pm.progress = cfg.progress and session.dist.is_main
+    pm.dist = session.dist
     device = pm.device
 
     theta0 = torch.nn.Parameter(initial_prompt(cfg, model, tokenizer, particles).to(device))
@@ -204,7 +206,8 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     for step in session.steps(f"target {task.name} ({cfg.method})"):
         nll_mean, log_prior, loss = prompt_step(pm, current, params, opt, prior, lam_eff, enc,
                                                 sampler.take(cfg.batch_size), cfg.grad_accum,
-                                                lambda what, step=step: session.nonfinite(what, step, [task.name]))
+                                                lambda what, step=step: session.nonfinite(what, step, [task.name]),
+                                                session.dist)
         session.show(nll=nll_mean.item())
         if step % cfg.log_every == 0:
             session.log.write(step=step, nll=nll_mean.item(), log_prior=log_prior.item(), loss=loss.item())
@@ -224,37 +227,51 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     test_m, preds = predict_and_score(pm, best_prompt, task, test, cfg)
     metrics = {"dev": best["dev"], "test": test_m, "best_step": best["step"], "dev_examples": len(dev),
                "test_examples": len(test)}
-    # example-level test results: what a paired bootstrap over test examples resamples
-    atomic_write_json({"task": task.name, "split": "test", "predictions": preds,
-                       **({"correct": [int(p == e.target) for p, e in zip(preds, test)]}
-                          if task.is_classification else {})}, out / PREDICTIONS_FILE)
-    log.write(step=cfg.steps, **{f"test/{k}": v_ for k, v_ in test_m.items()}, best_step=best["step"])
-    tensors = {"prompt": best_prompt, **best_state}
-    atomic_save_tensors(tensors, out / "prompt.safetensors")
-    # target.json last: its presence marks the run complete
-    atomic_write_json({"format": TARGET_FORMAT, "library_version": __version__, "backbone": cfg.model,
-                       "task": task.name, "task_file": task.source_file, "method": cfg.method,
-                       "posterior": cfg.posterior,
-                       "source_tasks": meta.get("source_tasks"), "prompt_length": best_prompt.shape[0],
-                       "embed_dim": best_prompt.shape[1], "prior_weight": lam, "prior_weight_effective": lam_eff,
-                       "prior": cfg.prior if prior is not None else None,
-                       "label_words": pm.words(task) if task.is_classification else None,
-                       "prior_bandwidth": bandwidth if prior is not None else None,
-                       "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
-                       "metrics": metrics, "hyperparameters": cfg.to_dict()}, out / "target.json")
+    if session.dist.is_main:  # rank 0 writes the results
+        # example-level test results: what a paired bootstrap over test examples resamples
+        atomic_write_json({"task": task.name, "split": "test", "predictions": preds,
+                           **({"correct": [int(p == e.target) for p, e in zip(preds, test)]}
+                              if task.is_classification else {})}, out / PREDICTIONS_FILE)
+        log.write(step=cfg.steps, **{f"test/{k}": v_ for k, v_ in test_m.items()}, best_step=best["step"])
+        tensors = {"prompt": best_prompt, **best_state}
+        atomic_save_tensors(tensors, out / "prompt.safetensors")
+        # target.json last: its presence marks the run complete
+        atomic_write_json({"format": TARGET_FORMAT, "library_version": __version__, "backbone": cfg.model,
+                           "task": task.name, "task_file": task.source_file, "method": cfg.method,
+                           "posterior": cfg.posterior,
+                           "source_tasks": meta.get("source_tasks"), "prompt_length": best_prompt.shape[0],
+                           "embed_dim": best_prompt.shape[1], "prior_weight": lam, "prior_weight_effective": lam_eff,
+                           "prior": cfg.prior if prior is not None else None,
+                           "label_words": pm.words(task) if task.is_classification else None,
+                           "prior_bandwidth": bandwidth if prior is not None else None,
+                           "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
+                           "metrics": metrics, "hyperparameters": cfg.to_dict()}, out / "target.json")
+    session.finish()
     return TargetResult(best_prompt.cpu(), metrics, out)
 
 
 def prompt_step(pm: PromptedModel, current: Callable[[], Tensor], params: list[Tensor], opt: torch.optim.Optimizer,
                 prior: PriorTerm | None, lam: float, enc, ids: list[int], micro_batches: int,
-                fail: Callable[[str], Exception]) -> tuple[Tensor, Tensor, Tensor]:
+                fail: Callable[[str], Exception], dist: Dist | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One optimiser step of a single prompt (the target run, SPoT's probe): (mean NLL, log prior, loss).
 
     `current()` builds the prompt from `params`; a non-finite loss, gradient or updated prompt raises
     `fail('the loss' | 'the gradient' | 'the prompt')` (checked before the update can reach a checkpoint).
+    Data-parallel (`dist` of several processes): each process backpropagates its block of `ids` against the
+    whole batch's token count (the prior on rank 0 only), and the gradients are summed across processes.
     """
     opt.zero_grad(set_to_none=True)
-    nll_mean, log_prior = accumulate_backward(pm, current, prior, lam, enc, ids, micro_batches)
+    if dist is None or not dist.active:
+        nll_mean, log_prior = accumulate_backward(pm, current, prior, lam, enc, ids, micro_batches)
+    else:
+        mine = [ids[i] for i in dist.block(len(ids))]
+        nll_mean, log_prior = accumulate_backward(pm, current, prior if dist.is_main else None, lam, enc, mine,
+                                                  micro_batches, ntok=sum(len(enc.targets[i]) for i in ids))
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        nll_mean, log_prior = nll_mean.clone(), log_prior.clone()
+        dist.sum_(*(p.grad for p in params), nll_mean, log_prior)
     loss = nll_mean - lam * log_prior
     if not torch.isfinite(loss):
         raise fail("the loss")
@@ -266,15 +283,16 @@ def prompt_step(pm: PromptedModel, current: Callable[[], Tensor], params: list[T
     return nll_mean, log_prior, loss
 
 
-def accumulate_backward(pm: PromptedModel, current, prior, lam: float, enc, ids: list[int], micro_batches: int
-                ) -> tuple[Tensor, Tensor]:
+def accumulate_backward(pm: PromptedModel, current, prior, lam: float, enc, ids: list[int], micro_batches: int,
+                        ntok: int | None = None) -> tuple[Tensor, Tensor]:
     """Backpropagate one step's loss (mean token NLL - lam * log prior) over `micro_batches` passes.
 
-    Each pass divides its summed NLL by the token count of the whole batch, so the accumulated gradient
+    Each pass divides its summed NLL by the token count of the whole batch (`ntok`: by default that of
+    `ids`; a process's share of a distributed batch passes the whole batch's), so the accumulated gradient
     is the full batch's; the prior enters once. Returns the (detached) mean NLL and log prior.
     """
-    parts = [p for p in torch.tensor(ids).tensor_split(micro_batches) if len(p)]
-    ntok = sum(len(enc.targets[i]) for i in ids)
+    parts = [p for p in torch.tensor(ids, dtype=torch.long).tensor_split(micro_batches) if len(p)]
+    ntok = ntok if ntok is not None else sum(len(enc.targets[i]) for i in ids)
     nll_sum = torch.zeros((), device=pm.device)
     log_prior = torch.zeros((), device=pm.device)
     for n, part in enumerate(parts):
