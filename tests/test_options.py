@@ -64,6 +64,7 @@ SOURCE_TRIES = {
     # result-neutral: tried with these values, every number must stay the same
     "particle_chunk": 1, "gradient_checkpointing": True, "grad_accum": 2, "checkpoint_every": 1, "progress": True,
     "parallel": "particle",  # one process here; tests/test_distributed.py runs two
+    "interference_every": 1,  # a diagnostic: it adds log records, the particles stay the same
 }
 TARGET_BASE = dict(model="tiny-llama", task="synth-product", steps=2, eval_every=1, batch_size=4,
                    max_train_examples=8, max_eval_examples=6, train_eval_examples=4, log_every=1, progress=False,
@@ -95,10 +96,15 @@ def _elsewhere_exists(ref: str) -> bool:
     return re.search(rf"^def {name}\(", (TESTS / file).read_text(), re.M) is not None
 
 
+# diagnostics that result-neutral options may add to the log without changing what the run computes
+DIAGNOSTIC_LOG_KEYS = {"interference"}
+
+
 def _numbers(out: Path, kind: str) -> dict:
-    """What a run computed, without the options it records or the wall clock."""
+    """What a run computed, without the options it records, the wall clock or diagnostic log records."""
     logs = [{k: v for k, v in json.loads(line).items() if k != "time_s"}
             for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in logs if not DIAGNOSTIC_LOG_KEYS & set(r)]
     if kind == "source":
         meta = json.loads((out / "posterior.json").read_text())
         return {"particles": load_file(str(out / "particles.safetensors"))["particles"], "log": logs,
@@ -181,7 +187,8 @@ def test_options_of_a_posterior_or_prior_are_refused_for_prompt_tuning(option, t
         TargetConfig(**{**TARGET_BASE, "out": str(tmp_path / "o"), "method": "pt", option: value}).validate()
 
 
-@pytest.mark.parametrize("option, value", [("bandwidth", 2.0), ("kernel_view", "row-mean"), ("repulsion", 3.0)])
+@pytest.mark.parametrize("option, value", [("bandwidth", 2.0), ("kernel_view", "row-mean"), ("repulsion", 3.0),
+                                           ("interference_every", 5)])
 def test_svgd_kernel_options_are_refused_for_independent_prompts(option, value, tmp_path):
     with pytest.raises(BmtptError, match="--method independent trains each prompt alone"):
         SourceConfig(**{**SOURCE_BASE, "out": str(tmp_path), "method": "independent", option: value}).validate()
@@ -220,6 +227,7 @@ def test_trust_remote_code_reaches_the_loader(runs, monkeypatch, tmp_path, capsy
         "export": ["export", root / "tgt", tmp_path / "adapter"],
         "tasks": ["tasks", *model],
         "bench": ["bench", "speed", "--backbone", "some/hub-model", "--device", "cpu", "--out", tmp_path / "b.json"],
+        "inspect": ["inspect", root / "src", "--target", "synth-product", *model, "--device", "cpu", "--no-plots"],
     }
     for name, args in commands.items():
         for flag in (False, True):

@@ -18,7 +18,15 @@ from pathlib import Path
 
 from . import __version__
 from .bench import SpeedConfig, cmd_bench
-from .config import EvalConfig, ExportConfig, SourceConfig, TargetConfig, TinyConfig, read_yaml_mapping
+from .config import (
+    EvalConfig,
+    ExportConfig,
+    InspectConfig,
+    SourceConfig,
+    TargetConfig,
+    TinyConfig,
+    read_yaml_mapping,
+)
 from .demo import DemoConfig
 from .errors import BmtptError
 from .predict import PredictConfig
@@ -141,6 +149,14 @@ def cmd_target(cfg: TargetConfig) -> int:
     return 0
 
 
+def cmd_inspect(cfg: InspectConfig) -> int:
+    """Print (and draw) a source run's task interference and per-particle task losses."""
+    from .inspection import run_inspect
+
+    run_inspect(cfg)
+    return 0
+
+
 def cmd_eval(cfg: EvalConfig) -> int:
     """Evaluate a saved run."""
     from .evaluate import run_eval
@@ -260,7 +276,8 @@ CONFIG_COMMANDS = {"source": (SourceConfig, cmd_source), "target": (TargetConfig
                    "eval": (EvalConfig, cmd_eval), "predict": (PredictConfig, cmd_predict),
                    "tiny-model": (TinyConfig, cmd_tiny),
                    "export": (ExportConfig, cmd_export),
-                   "demo": (DemoConfig, cmd_demo), "bench": (SpeedConfig, cmd_bench)}
+                   "demo": (DemoConfig, cmd_demo), "bench": (SpeedConfig, cmd_bench),
+                   "inspect": (InspectConfig, cmd_inspect)}
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -119,6 +119,10 @@ class SourceConfig(CommonConfig):
                            "of the drive in the first CPU grids); 0 leaves kernel-averaged, non-repelling particles")
     final_eval_examples: int = opt(200, "dev examples of each source task on which the final particles and their "
                                    "mean are scored, into posterior.json (0: skip)")
+    interference_every: int = opt(10, "log the K x K task-interference matrix (cosine similarity of the source "
+                                  "tasks' score directions, per particle) at step 1 and every N steps, for `bmtpt "
+                                  "inspect`; costs K extra backward passes that step; 0: off (svgd only)",
+                                  neutral=True)
     parallel: str = opt("data", "under torchrun, how processes share a step: data (each takes a shard of every "
                         "batch) or particle (each scores its block of the particles on the whole batch; for "
                         "many particles and small batches); one process ignores it", ("data", "particle"),
@@ -146,16 +150,19 @@ class SourceConfig(CommonConfig):
         parse_likelihood_scale(self.likelihood_scale)
         if self.mixing != "temperature" and self.mixing_temperature != _default(SourceConfig, "mixing_temperature"):
             raise BmtptError(f"--mixing-temperature applies to --mixing temperature, not --mixing {self.mixing}")
+        if self.interference_every < 0:
+            raise BmtptError(f"--interference-every must be >= 0, got {self.interference_every}")
         if self.method == "independent":  # no kernel: each prompt follows its own task's gradient
             given = [f"--{f.name.replace('_', '-')}" for f in fields(self)
                      if f.name in SVGD_KERNEL_OPTIONS and getattr(self, f.name) != f.default]
             if given:
-                raise BmtptError(f"{', '.join(given)} shape{'s' * (len(given) == 1)} SVGD's kernel; --method "
+                raise BmtptError(f"{', '.join(given)} concern{'s' * (len(given) == 1)} SVGD's kernel; --method "
                                  "independent trains each prompt alone and has none")
 
 
-# options of SVGD's kernel: a source stage of --method independent has no kernel and refuses them
-SVGD_KERNEL_OPTIONS = ("bandwidth", "kernel_view", "repulsion")
+# options of SVGD's kernel and its task-interference diagnostic: a source stage of --method independent has
+# neither and refuses them
+SVGD_KERNEL_OPTIONS = ("bandwidth", "kernel_view", "repulsion", "interference_every")
 
 
 def parse_task_weights(spec: str | None, count: int | None = None) -> list[float] | None:
@@ -352,6 +359,39 @@ class ExportConfig:
             raise BmtptError("a run folder and an output folder are required")
         if self.particle is not None and self.particle < 0:
             raise BmtptError(f"--particle must be non-negative, got {self.particle}")
+
+
+@dataclass
+class InspectConfig:
+    """`bmtpt inspect`: a source run's task interference, per-particle task losses and the sources each particle
+    favours (printed and drawn); with --target, how well each source's score aligns with a target task's."""
+
+    run_dir: str = opt("", "run folder of `bmtpt source`", positional=True)
+    target: str | None = opt(None, "a target task: estimate how much each source helps it from the cosine of its "
+                             "score with each source's, at the particles' mean (loads the backbone)")
+    examples: int = opt(64, "with --target: training examples of each task the scores are taken on")
+    png: str | None = opt(None, "where to draw the picture (default: RUN_DIR/inspect.png)")
+    plots: bool = opt(True, "draw the PNG (needs matplotlib)")
+    model: str | None = opt(None, "with --target: backbone (default: the run's)")
+    data_dir: str | None = opt(None, "with --target: folder of the benchmark files (default: the run's)")
+    device: str = opt("auto", "torch device")
+    trust_remote_code: bool = opt(False, "allow the backbone's own Python code from the hub to run")
+    progress: bool = opt(True, "show the backbone's loading bar")
+
+    def validate(self) -> None:
+        """Raise BmtptError on values that cannot work."""
+        if not self.run_dir:
+            raise BmtptError("a run folder is required")
+        if self.examples <= 0:
+            raise BmtptError(f"--examples must be positive, got {self.examples}")
+        if self.target is None:  # nothing is loaded: the options of the backbone run would be ignored
+            given = [f"--{f.name.replace('_', '-')}" for f in fields(self) if f.name in TARGET_ONLY_INSPECT
+                     and getattr(self, f.name) != f.default]
+            if given:
+                raise BmtptError(f"{', '.join(given)} only act{'s' * (len(given) == 1)} with --target")
+
+
+TARGET_ONLY_INSPECT = ("examples", "model", "data_dir", "device", "trust_remote_code")
 
 
 def read_yaml_mapping(path: str | Path, what: str, shape: str, loader: type = yaml.SafeLoader) -> dict:

@@ -36,7 +36,7 @@ from .prompts import init_prompts
 from .runfiles import save_posterior
 from .runs import load_model, load_split, make_optimizer
 from .session import RunSession
-from .svgd import mean_pairwise_distance, median_bandwidth, pairwise_sq_dists, svgd_terms
+from .svgd import mean_pairwise_distance, median_bandwidth, pairwise_sq_dists, svgd_terms, task_interference
 from .tasks import parse_task_list, score_of
 
 
@@ -87,7 +87,8 @@ def mixed_batch(encoded: list, samplers: list, per_task: list[int], pad_id: int,
 def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor, num_tasks: int,
                     weights: Tensor, prior_std: float | None, independent: bool = False,
                     chunk: int | None = None, micro_batches: int = 1, rows: Tensor | None = None,
-                    owned: range | None = None, with_prior: bool = True) -> tuple[Tensor, Tensor]:
+                    owned: range | None = None, with_prior: bool = True, task_scores: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor]:
     """Scores grad log p(theta_m | sources), (M, l, d), and per-particle per-task mean losses, (M, K).
 
     svgd: every particle sees every example (M*B rows). independent: particle k sees only the rows of
@@ -98,6 +99,10 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
     One process's share of a distributed step: `rows` (batch rows, data-parallel) or `owned` (a block of
     particles, particle-parallel) restrict the work, and the prior enters only `with_prior`; the shares
     of all processes sum to the whole step's scores and losses (the others' entries are zero here).
+
+    `task_scores` (K, M, l, d), when given, receives each task's part of the scores (its weighted
+    log-likelihood's gradient; the K parts sum to the scores less the prior's), at the cost of K extra
+    backward passes: what the task-interference matrix compares.
     """
     m = particles.shape[0]
     leaf = particles.detach().requires_grad_(True)
@@ -134,6 +139,11 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
                 flat = torch.arange(b - a, device=dev).repeat_interleave(len(rows)) * num_tasks + g.repeat(b - a)
                 tot = torch.zeros((b - a) * num_tasks, device=nll.device).index_add(0, flat, nll.float())
                 per = tot.view(b - a, num_tasks) / counts
+            if task_scores is not None:
+                for k in range(num_tasks):
+                    (g_k,) = torch.autograd.grad((per[:, k] * w[k]).sum(), leaf, retain_graph=True, allow_unused=True)
+                    if g_k is not None:
+                        task_scores[k] -= g_k.detach().to(task_scores.dtype)
             (-(log_post - (per * w).sum())).backward()
             log_post = torch.zeros((), device=dev)
             losses[a:b] += per.detach().float().cpu()
@@ -201,9 +211,15 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     share = _share(session.dist, cfg.parallel, len(groups), cfg.particles)
     for step in session.steps(f"source ({cfg.method}, M={cfg.particles})"):
         batch = mixed_batch(encoded, samplers, per_task, pm.pad_id, pm.is_seq2seq)
+        probe = (not independent and len(tasks) > 1 and cfg.interference_every
+                 and (step % cfg.interference_every == 0 or step == 1))
+        parts = torch.zeros(len(tasks), *particles.shape, device=particles.device) if probe else None
         scores, losses = particle_scores(pm, particles, batch, groups, len(tasks), weights, cfg.prior_std,
-                                         independent, cfg.particle_chunk, cfg.grad_accum, **share)
-        session.dist.sum_(scores, losses)  # every process now holds the whole step's scores
+                                         independent, cfg.particle_chunk, cfg.grad_accum, task_scores=parts, **share)
+        session.dist.sum_(scores, losses, *([parts] if probe else []))  # every process: the whole step's scores
+        if probe:  # which source tasks pull the particles the same way, and which conflict
+            session.log.write(step=step, interference=[[round(float(x), 6) for x in row]
+                                                        for row in task_interference(parts)])
         bad = [names[k] for k in range(len(tasks)) if not torch.isfinite(losses[:, k]).all()]
         if bad:
             raise session.nonfinite("the loss", step, bad)
@@ -229,7 +245,8 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
         if step % cfg.log_every == 0 or step == cfg.steps:
             task_loss = losses.mean(0) if not independent else losses.sum(0)
             session.log.write(step=step, loss=mean_loss, **{f"loss/{n}": float(v) for n, v in zip(names, task_loss)},
-                              particle_loss=[round(float(x), 6) for x in losses.sum(1)], **record)
+                              particle_loss=[round(float(x), 6) for x in losses.sum(1)],
+                              particle_task_loss=[[round(float(x), 6) for x in row] for row in losses], **record)
         if session.checkpoint_due(step):
             session.save_checkpoint(step, {"particles": particles, "fisher_sum": fisher["sum"]}, opt,
                                     {"samplers": [s.state_dict() for s in samplers], "train_sizes": sizes,

@@ -150,3 +150,14 @@ def mean_pairwise_distance(sq_dists: Tensor) -> float:
         return 0.0
     iu = torch.triu_indices(m, m, offset=1)
     return sq_dists[iu[0], iu[1]].clamp_min(0).sqrt().mean().item()
+
+
+def task_interference(task_scores: Tensor) -> Tensor:
+    """The K x K interference matrix of K tasks' scores (K, M, ...): for each pair of tasks the cosine
+    similarity of their score directions, per particle, averaged over the M particles. Positive: the tasks
+    pull a particle the same way; negative: they conflict. A zero score counts as orthogonal."""
+    k, m = task_scores.shape[:2]
+    flat = task_scores.reshape(k, m, -1).double()
+    unit = flat / flat.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    return torch.einsum("imd,jmd->ij", unit, unit) / m
+
