@@ -263,6 +263,25 @@ def test_a_method_can_be_limited_to_some_few_shot_settings(tmp_path):
         load_experiment(_config(tmp_path / "bad", shots=[4], methods=[{"name": "pt", "shots": [8]}]))
 
 
+def test_a_method_can_have_its_own_sources(tmp_path):
+    cfg = _config(tmp_path / "exp", sources=["synth-sentiment", "synth-animal", "synth-past"],
+                  methods=["avg", "bmtpt", {"name": "bmtpt-no-past", "base": "bmtpt",
+                                            "sources": ["synth-sentiment", "synth-animal"]},
+                           {"name": "avg-two", "base": "avg", "sources": "synth-sentiment,synth-past"}])
+    plan = plan_experiment(load_experiment(cfg))
+    tasks = {c.method: c.stage.cfg.tasks for c in plan.cells if c.seed == 0}
+    three = "synth-sentiment,synth-animal,synth-past"
+    assert tasks == {"avg": three, "bmtpt": three, "bmtpt-no-past": "synth-sentiment,synth-animal",
+                     "avg-two": "synth-sentiment,synth-past"}
+    parts = {c.method: c.stage.cfg.particles for c in plan.cells if c.seed == 0}
+    assert parts["avg-two"] == 2 and parts["avg"] == 3  # one prompt per own source
+    assert len({c.stage.key for c in plan.cells}) == 4
+    for bad, message in [({"name": "pt2", "base": "pt", "sources": ["synth-animal"]}, "no source stage"),
+                         ({"name": "b2", "base": "bmtpt", "sources": ["nosuch"]}, "unknown task")]:
+        with pytest.raises(BmtptError, match=message):
+            load_experiment(_config(tmp_path / "bad", methods=["pt", bad]))
+
+
 def test_a_cell_checkpoint_from_another_posterior_is_started_over(tmp_path, tiny_llama):
     """A grid whose source stage changed (its sources were edited, so the stage is trained again) finds an old
     half-finished cell in the same folder: it must start it over, not fail to resume (the posterior's digest

@@ -42,13 +42,15 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 @dataclass
 class MethodSpec:
-    """One grid method: a name, the built-in base it runs, its overrides {source, target, spot, mpt} and the
-    few-shot settings it runs in (None: all of the grid's `shots`)."""
+    """One grid method: a name, the built-in base it runs, its overrides {source, target, spot, mpt}, the
+    few-shot settings it runs in (None: all of the grid's `shots`) and its own source tasks (None: the
+    grid's `sources`; e.g. a leave-one-source-out ablation)."""
 
     name: str
     base: str
     overrides: dict = field(default_factory=dict)
     shots: list | None = None
+    sources: list[str] | None = None
 
 
 @dataclass
@@ -189,9 +191,10 @@ def _methods(where: str, raw) -> list[MethodSpec]:
             item = {"name": item}
         if not isinstance(item, dict):
             fail(at, "must be a method name or a mapping {name, base, overrides}")
-        extra = set(item) - {"name", "base", "overrides", "shots"}
+        extra = set(item) - {"name", "base", "overrides", "shots", "sources"}
         if extra:
-            fail(at, f"unknown key(s) {', '.join(sorted(map(str, extra)))} (expected name, base, overrides, shots)")
+            fail(at, f"unknown key(s) {', '.join(sorted(map(str, extra)))} (expected name, base, overrides, shots, "
+                 "sources)")
         name = item.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             fail(at, f"name must be a folder-safe string (letters, digits, _ . + -), got {name!r}")
@@ -215,7 +218,12 @@ def _methods(where: str, raw) -> list[MethodSpec]:
         if (parsed["spot"] and base != "spot") or (parsed["mpt"] and base != "mpt"):
             fail(at, f"method {name!r} (base {base}): spot/mpt overrides apply only to those bases")
         only = _int_list(f"{at}.shots", item["shots"], True) if "shots" in item else None
-        specs.append(MethodSpec(name, base, parsed, only))
+        own = None
+        if "sources" in item:
+            if STAGE_KIND[base] is None:
+                fail(at, f"method {name!r} (base {base}) has no source stage to give sources")
+            own = _task_list(f"{at}.sources", item["sources"], allow_split=True)
+        specs.append(MethodSpec(name, base, parsed, only, own))
     names = [s.name for s in specs]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:

@@ -83,11 +83,12 @@ def _stage(exp: ExperimentConfig, spec: MethodSpec, seed: int, run: dict, source
     if kind is None:
         return None
     s_seed = seed if exp.source_per_seed else exp.seeds[0]
-    values = {**run, **exp.common, **exp.source, **spec.overrides["source"], "tasks": ",".join(exp.sources),
+    sources = spec.sources or exp.sources
+    values = {**run, **exp.common, **exp.source, **spec.overrides["source"], "tasks": ",".join(sources),
               "seed": s_seed}
     cls = SourceConfig
     if kind == "independent":
-        values.update(method="independent", particles=len(exp.sources))
+        values.update(method="independent", particles=len(sources))
         for key in SVGD_KERNEL_OPTIONS:  # a global `source:` kernel setting is for the SVGD stages
             values.pop(key, None)
     elif kind == "svgd":
