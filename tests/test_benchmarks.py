@@ -118,3 +118,30 @@ def test_the_transfer_grid_keeps_its_cell_hashes():
                (root / "benchmarks" / "results" / "cpu-transfer" / "results.jsonl").read_text().splitlines()]
     current = [r for r in records if r["key"] in hashes]
     assert current and all(hashes[r["key"]] == r["config_hash"] for r in current)
+
+
+def test_loso_help_table_and_rank_correlation_by_hand():
+    lo = load_script("loso_alignment")
+    full = [{"method": "bmtpt", "task": "mr", "seed": s, "shots": 16, "test_score": 70.0 + s} for s in (0, 1)]
+    full += [{"method": "pt", "task": "mr", "seed": 0, "shots": 16, "test_score": 0.0}]
+    loso = [{"method": "bmtpt-no-sst2", "task": "mr", "seed": 0, "shots": 16, "test_score": 60.0},
+            {"method": "bmtpt-no-sst2", "task": "mr", "seed": 1, "shots": 16, "test_score": 65.0},
+            {"method": "bmtpt-no-trec", "task": "mr", "seed": 0, "shots": 16, "test_score": 71.0},
+            {"method": "bmtpt-no-trec", "task": "mr", "seed": 2, "shots": 16, "test_score": 50.0}]  # no full seed 2
+    assert lo.help_table(full, loso) == {("sst2", "mr"): {"help": (10.0 + 6.0) / 2, "seeds": 2},
+                                         ("trec", "mr"): {"help": -1.0, "seeds": 1}}
+    rho, low, high = lo.spearman_with_interval([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
+    assert rho == pytest.approx(1 - 6 * (1 + 1 + 1 + 1) / (5 * 24))  # no ties: 1 - 6 sum d^2 / (n (n^2 - 1))
+    assert -1 <= low <= rho <= high <= 1
+
+
+def test_the_loso_grid_keeps_the_transfer_benchmarks_settings():
+    from bmtpt.expconfig import load_experiment
+
+    configs = ROOT / "benchmarks" / "configs"
+    loso, transfer = (load_experiment(configs / f"{n}.yaml") for n in ("cpu-loso", "cpu-transfer"))
+    assert (loso.common, loso.source, loso.target, loso.seeds, loso.targets, loso.sources) == (
+        transfer.common, transfer.source, transfer.target, transfer.seeds, transfer.targets, transfer.sources)
+    assert loso.sources_dir == transfer.out + "/sources" and loso.shots == [16]
+    assert {m.name: m.sources for m in loso.methods} == {
+        f"bmtpt-no-{s}": [t for t in transfer.sources if t != s] for s in transfer.sources}
