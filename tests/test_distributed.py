@@ -77,6 +77,8 @@ def _same_logs(a: list[dict], b: list[dict]) -> None:
     assert [sorted(r) for r in a] == [sorted(r) for r in b]  # rank 0 alone logged: no line twice
     for ra, rb in zip(a, b):
         for k, v in ra.items():
+            if isinstance(v, list) and v and isinstance(v[0], list):  # rows: per-particle per-task losses
+                v, rb = [x for row in v for x in row], {**rb, k: [x for row in rb[k] for x in row]}
             assert v == pytest.approx(rb[k], rel=1e-4, abs=1e-6), k
 
 

@@ -75,7 +75,7 @@ def source_run(tmp_path_factory, tiny_llama):
 def test_inspect_reports_and_draws_a_source_run(source_run, capsys):
     logged = [json.loads(x) for x in (source_run / "metrics.jsonl").read_text().splitlines()]
     mats = [r["interference"] for r in logged if "interference" in r]
-    assert [r["step"] for r in logged if "interference" in r] == [1, 2, 4] and len(mats[0]) == 3
+    assert [r["step"] for r in logged if "interference" in r] == [2, 4] and len(mats[0]) == 3
     report = run_inspect(InspectConfig(run_dir=str(source_run)))
     printed = capsys.readouterr().out
     np.testing.assert_allclose(report["interference"], np.mean(mats, axis=0), atol=1e-12)
@@ -114,8 +114,15 @@ def test_target_alignment_equals_separately_computed_gradients(source_run, tiny_
 def test_inspect_refusals(source_run, tmp_path):
     with pytest.raises(BmtptError, match="only act with --target"):
         run_inspect(InspectConfig(run_dir=str(source_run), device="cpu", examples=5))
-    indep = tmp_path / "indep"
-    indep.mkdir()
-    (indep / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
-    with pytest.raises(BmtptError):
-        run_inspect(InspectConfig(run_dir=str(indep)))
+    with pytest.raises(BmtptError, match="does not exist"):
+        run_inspect(InspectConfig(run_dir=str(tmp_path / "nothing")))
+
+
+def test_a_run_without_interference_records_still_reports_its_losses(tiny_llama, tmp_path, capsys):
+    out = tmp_path / "indep"
+    run_source(SourceConfig(model="tiny-llama", out=str(out), tasks=TASKS, particles=3, steps=2, batch_size=6,
+                            prompt_length=3, max_train_examples=12, method="independent", final_eval_examples=0,
+                            progress=False, device="cpu"), *tiny_llama)
+    report = run_inspect(InspectConfig(run_dir=str(out), plots=False))
+    assert report["interference"] is None and len(report["particle_task_loss"]) == 3
+    assert "No task-interference records" in capsys.readouterr().out

@@ -141,3 +141,25 @@ def test_macro_f1_averages_over_the_whole_label_set():
         100 * skm.f1_score(refs, preds, labels=["entailment", "contradiction"], average="macro"))
     task = Task("cb-like", loader=lambda *a: [], verbalizers=tuple(labels), metrics=("macro_f1",))
     assert task.score(preds, [Example("x", r) for r in refs])["macro_f1"] == pytest.approx(want)
+
+
+def test_calibration_by_hand():
+    import numpy as np
+
+    from bmtpt.metrics import calibration
+
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55], [0.2, 0.8]])
+    gold = np.array([0, 1, 1, 0, 1])
+    out = calibration(probs, gold, bins=15)
+    conf, correct = probs.max(1), (probs.argmax(1) == gold).astype(float)
+    assert out["accuracy"] == pytest.approx(60.0)
+    assert out["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.7, 0.45, 0.8])))
+    ece = 0.0  # brute force: each example in the bin (lo, hi] of width 1/15 that holds its confidence
+    for b in range(15):
+        lo, hi = b / 15, (b + 1) / 15
+        inside = [i for i in range(5) if lo < conf[i] <= hi]
+        if inside:
+            ece += len(inside) / 5 * abs(correct[inside].mean() - conf[inside].mean())
+    assert out["ece"] == pytest.approx(100 * ece)
+    # 80 % coverage keeps the 4 most confident (0.9, 0.8, 0.7, 0.6): correct, correct, correct, wrong
+    assert out["acc_at_80"] == pytest.approx(75.0)

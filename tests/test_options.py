@@ -24,9 +24,9 @@ from safetensors.torch import load_file
 
 import bmtpt.cli as cli_mod
 from bmtpt.config import SourceConfig, TargetConfig, result_neutral_options
+from bmtpt.ensemble import train_target
 from bmtpt.errors import BmtptError
 from bmtpt.source import run_source
-from bmtpt.target import run_target
 
 TESTS = Path(__file__).parent
 # the posterior is declared neutral for the cell hash and the resume check, which compare its source stage and
@@ -79,6 +79,7 @@ TARGET_TRIES = {
     "eval_every": 2, "train_eval_examples": 2, "max_dev_examples": 3, "max_eval_examples": 4,
     "eval_mode": "generate",
     "gradient_checkpointing": True, "grad_accum": 2, "checkpoint_every": 1, "progress": True, "eval_batch_size": 2,
+    "particles": 2, "ensemble": ("refused", "independent", "--ensemble applies to --particles M > 1"),
 }
 # refusals that depend on the method (a prompt-tuning run has no posterior and no prior)
 PT_REFUSALS = {"posterior": "reads no --posterior", "allow_other_backbone": "reads none",
@@ -96,21 +97,22 @@ def _elsewhere_exists(ref: str) -> bool:
     return re.search(rf"^def {name}\(", (TESTS / file).read_text(), re.M) is not None
 
 
-# diagnostics that result-neutral options may add to the log without changing what the run computes
+# diagnostics that result-neutral options may add to the log without changing what the run computes (a step
+# that probes the task interference is logged even off the --log-every grid)
 DIAGNOSTIC_LOG_KEYS = {"interference"}
 
 
 def _numbers(out: Path, kind: str) -> dict:
     """What a run computed, without the options it records, the wall clock or diagnostic log records."""
-    logs = [{k: v for k, v in json.loads(line).items() if k != "time_s"}
+    logs = [{k: v for k, v in json.loads(line).items() if k != "time_s" and k not in DIAGNOSTIC_LOG_KEYS}
             for line in (out / "metrics.jsonl").read_text().splitlines()]
-    logs = [r for r in logs if not DIAGNOSTIC_LOG_KEYS & set(r)]
     if kind == "source":
         meta = json.loads((out / "posterior.json").read_text())
         return {"particles": load_file(str(out / "particles.safetensors"))["particles"], "log": logs,
                 "bandwidth": meta["bandwidth"], "final_dev": meta.get("final_dev")}
     meta = json.loads((out / "target.json").read_text())
-    return {"prompt": load_file(str(out / "prompt.safetensors"))["prompt"], "log": logs, "metrics": meta["metrics"],
+    tensors = load_file(str(out / "prompt.safetensors"))
+    return {"prompt": tensors.get("prompt", tensors.get("particles")), "log": logs, "metrics": meta["metrics"],
             "predictions": json.loads((out / "predictions-test.json").read_text())}
 
 
@@ -133,7 +135,7 @@ def runs(tmp_path_factory, tiny_llama):
     run_source(SourceConfig(**{**SOURCE_BASE, "out": str(root / "src")}), *tiny_llama)
     run_source(SourceConfig(**{**SOURCE_BASE, "out": str(root / "other"), "seed": 7}), *tiny_llama)
     base = {**TARGET_BASE, "posterior": str(root / "src")}
-    run_target(TargetConfig(**{**base, "out": str(root / "tgt")}), *tiny_llama)
+    train_target(TargetConfig(**{**base, "out": str(root / "tgt")}), *tiny_llama)
     return root, base
 
 
@@ -162,7 +164,7 @@ def test_each_target_option_acts_or_is_refused(option, runs, tiny_llama, tmp_pat
 
 
 def _walk(kind: str, option: str, value, base: dict, reference: Path, tiny_llama) -> None:
-    cls, run = (SourceConfig, run_source) if kind == "source" else (TargetConfig, run_target)
+    cls, run = (SourceConfig, run_source) if kind == "source" else (TargetConfig, train_target)
     if isinstance(value, tuple):  # ("refused", value, fragment)
         _, bad, fragment = value
         with pytest.raises(BmtptError, match=re.escape(fragment)) as err:

@@ -64,3 +64,16 @@ def test_mean_std_matches_statistics(values):
     m, s = mean_std(values).split(" ± ")
     assert float(m) == pytest.approx(statistics.mean(values), abs=0.05)
     assert float(s) == pytest.approx(statistics.stdev(values), abs=0.05)
+
+
+def test_calibration_table_averages_the_cells_that_recorded_it(tmp_path):
+    from bmtpt.plots import calibration_lines
+
+    plan = _plan(tmp_path)
+    records = [{**_record("pt", "synth-product", s, 60.0),
+                "test_calibration": {"accuracy": 60.0 + s, "nll": 0.5 + s, "ece": 10.0 * (s + 1), "acc_at_80": 70.0}}
+               for s in (0, 1)] + [_record("bmtpt", "synth-product", 0, 65.0)]  # bmtpt recorded none
+    lines = calibration_lines(plan.exp, records)
+    assert lines[0].startswith("## Calibration") and len([x for x in lines if x.startswith("| pt |")]) == 1
+    assert "| pt | full | 2 | 60.5 | 1.000 | 15.0 | 70.0 |" in lines and not any("| bmtpt |" in x for x in lines)
+    assert calibration_lines(plan.exp, records[2:]) == []

@@ -303,8 +303,8 @@ def test_repeated_evaluations_of_one_prompt_are_looked_up(tiny_llama, monkeypatc
     model, tok = tiny_llama
     pm = PromptedModel(model, tok)
     calls = []
-    real = pm.predict
-    monkeypatch.setattr(pm, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = pm.label_probabilities  # what rank classification of a classification task calls
+    monkeypatch.setattr(pm, "label_probabilities", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = _cfg(Path("/unused"), "x", None, method="pt")
     task = get_task("synth-product")
     dev = load_split(task, "dev", cfg, 6)

@@ -140,9 +140,9 @@ def cmd_source(cfg: SourceConfig) -> int:
 
 def cmd_target(cfg: TargetConfig) -> int:
     """Train a target prompt."""
-    from .target import run_target
+    from .ensemble import train_target
 
-    res = run_target(cfg)
+    res = train_target(cfg)
     if _main_process():
         print(json.dumps({"task": cfg.task, "method": cfg.method, **res.metrics}, indent=2))
         print(f"wrote {res.out / 'prompt.safetensors'} and target.json")

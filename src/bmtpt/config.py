@@ -120,8 +120,8 @@ class SourceConfig(CommonConfig):
     final_eval_examples: int = opt(200, "dev examples of each source task on which the final particles and their "
                                    "mean are scored, into posterior.json (0: skip)")
     interference_every: int = opt(10, "log the K x K task-interference matrix (cosine similarity of the source "
-                                  "tasks' score directions, per particle) at step 1 and every N steps, for `bmtpt "
-                                  "inspect`; costs K extra backward passes that step; 0: off (svgd only)",
+                                  "tasks' score directions, per particle) every N steps (in that step's log record), "
+                                  "for `bmtpt inspect`; costs K extra backward passes that step; 0: off (svgd only)",
                                   neutral=True)
     parallel: str = opt("data", "under torchrun, how processes share a step: data (each takes a shard of every "
                         "batch) or particle (each scores its block of the particles on the whole batch; for "
@@ -243,6 +243,12 @@ class TargetConfig(CommonConfig):
     eval_mode: str = opt("rank", "rank: rank classification for classification tasks; generate: decode",
                          ("rank", "generate"))
     eval_batch_size: int = opt(32, "rows per forward pass when evaluating", neutral=True)
+    particles: int = opt(1, "target posterior: M > 1 target prompts, started from the source particles (cycled) "
+                         "and moved by SVGD under the target likelihood plus the source prior; predictions average "
+                         "their label probabilities (classification, rank mode; --method bmtpt or avg). 1: one "
+                         "MAP prompt")
+    ensemble: str = opt("svgd", "with --particles M: svgd (a target posterior) or independent (each prompt follows its "
+                        "own gradient: an ensemble of M MAP prompts at the same compute)", ("svgd", "independent"))
 
     def validate(self) -> None:
         """Raise BmtptError on values that cannot work."""
@@ -282,6 +288,18 @@ class TargetConfig(CommonConfig):
                                  "avg or bmtpt to start from it)")
             if self.allow_other_backbone:
                 raise BmtptError(f"--allow-other-backbone concerns a posterior; --method {self.method} reads none")
+        if self.particles < 1:
+            raise BmtptError(f"--particles must be >= 1, got {self.particles}")
+        if self.particles == 1 and self.ensemble != _default(TargetConfig, "ensemble"):
+            raise BmtptError("--ensemble applies to --particles M > 1")
+        if self.particles > 1:
+            if not kind.needs_posterior:
+                raise BmtptError(f"--particles {self.particles} starts from the source particles: --method "
+                                 f"{self.method} has none (use bmtpt or avg)")
+            if self.rank_one:
+                raise BmtptError("--particles > 1 does not take the rank-one factor (--rank-one)")
+            if self.eval_mode != "rank":
+                raise BmtptError("--particles > 1 averages label probabilities: it needs --eval-mode rank")
         if not self.rank_one and self.lr_factor != _default(TargetConfig, "lr_factor"):
             raise BmtptError("--lr-factor is the learning rate of the rank-one factor: add --rank-one")
 

@@ -9,7 +9,7 @@ from .backbone import embedding_width, load_backbone
 from .config import EvalConfig
 from .errors import BmtptError
 from .prompted import PromptedModel
-from .runfiles import atomic_write_json, load_posterior, load_prompt_tensor, read_json_object
+from .runfiles import atomic_write_json, load_posterior, load_prompt_tensor, read_json_object, refuse_ensemble
 from .runs import check_data_dir, load_split, resolve_device
 from .tasks import get_task, score_of
 
@@ -26,6 +26,7 @@ def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
         raise BmtptError(f"run folder {run} does not exist")
     if (run / "target.json").is_file():
         meta = read_json_object(run / "target.json")
+        refuse_ensemble(meta, run)
         prompt = load_prompt_tensor(run / "prompt.safetensors")
         task_names = [meta.get("task_file") or meta["task"]]  # a custom task is found again by its file
     elif (run / "posterior.json").is_file():

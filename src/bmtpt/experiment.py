@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .baselines import spot_choose, train_mpt_source
 from .checkpoint import CHECKPOINT_FILE, check_resume_options, file_digest, read_checkpoint_meta
+from .ensemble import train_target as run_target  # a MAP run, or an ensemble with --particles M
 from .errors import BmtptError
 from .expconfig import ExperimentConfig, load_experiment
 from .grid import Cell, Plan, Stage, plan_experiment
@@ -35,7 +36,6 @@ from .runfiles import (
     load_posterior,
 )
 from .source import run_source
-from .target import run_target
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "append_record", "read_records", "run_experiment"]
 
@@ -178,6 +178,7 @@ def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
             # paired bootstrap of the report resamples them
             **({"test_correct": "".join(map(str, preds["correct"]))} if "correct" in preds else {}),
             "trainable_parameters": target["trainable_parameters"],
+            **({"test_calibration": res.metrics["test_calibration"]} if "test_calibration" in res.metrics else {}),
             "source_passes": int(meta.get("compute", {}).get("example_passes", 0)), "probe_passes": probe_passes,
             "source_stage": rel(cell.stage.cfg.out) if cell.stage else None, "run_dir": rel(res.out),
             **({"spot": spot} if spot else {}), "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -1,7 +1,7 @@
 """`bmtpt inspect RUN_DIR`: which source tasks help or hurt each other in a source posterior, and (with
 --target) how much each source should help a target task.
 
-- The interference matrix: the source stage logs, at step 1 and every --interference-every steps, the
+- The interference matrix: the source stage logs, every --interference-every steps, the
   cosine similarity of every pair of tasks' score directions (per particle, averaged over particles;
   `svgd.task_interference`). Here it is averaged over the logged steps. Positive: the tasks pull the
   particles the same way (they help each other); negative: they conflict.
@@ -26,12 +26,12 @@ from .runfiles import load_posterior
 from .svgd import task_interference
 
 
-def interference_matrix(run_dir: Path) -> tuple[list[list[float]], int]:
-    """(K x K interference averaged over the logged steps, how many steps were logged)."""
+def interference_matrix(run_dir: Path) -> tuple[list[list[float]] | None, int]:
+    """(K x K interference averaged over the logged steps, how many steps were logged); (None, 0) for a run
+    that logged none (an independent run, one task, fewer steps than --interference-every, or turned off)."""
     records = [r for r in _log(run_dir) if "interference" in r]
     if not records:
-        raise BmtptError(f"{run_dir}/metrics.jsonl holds no interference records: the run is an independent one, "
-                         "has a single task, or was trained with --interference-every 0 (or before bmtpt logged it)")
+        return None, 0
     mats = torch.tensor([r["interference"] for r in records], dtype=torch.float64)
     return mats.mean(0).tolist(), len(records)
 
@@ -122,11 +122,16 @@ def target_alignment(cfg: InspectConfig, run: Path, particles: torch.Tensor, met
 def render(report: dict) -> str:
     """The report as markdown tables."""
     names = report["source_tasks"]
-    lines = [f"# {report['run']}", "", f"## Task interference (mean over {report['interference_steps']} logged "
-             "steps: cosine of the tasks' score directions; > 0 helps, < 0 conflicts)", "",
-             "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    lines += [f"| {a} | " + " | ".join(f"{x:+.3f}" for x in row) + " |"
-              for a, row in zip(names, report["interference"])]
+    lines = [f"# {report['run']}", ""]
+    if report["interference"] is None:
+        lines += ["No task-interference records in this run's log (an independent run, a single task, fewer steps "
+                  "than --interference-every, or --interference-every 0)."]
+    else:
+        lines += [f"## Task interference (mean over {report['interference_steps']} logged steps: cosine of the "
+                  "tasks' score directions; > 0 helps, < 0 conflicts)", "",
+                  "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {a} | " + " | ".join(f"{x:+.3f}" for x in row) + " |"
+                  for a, row in zip(names, report["interference"])]
     if report["particle_task_loss"]:
         lines += ["", "## Per-particle task losses (last logged step; mean token NLL) and the tasks each favours", "",
                   "| particle | " + " | ".join(names) + " | favours |", "|---|" + "---|" * (len(names) + 1)]
@@ -149,18 +154,22 @@ def draw(report: dict, path: Path) -> Path:
     names = report["source_tasks"]
     losses = report["particle_task_loss"]
     align = report.get("alignment")
-    panels = 1 + bool(losses) + bool(align)
+    inter = report["interference"]
+    panels = bool(inter) + bool(losses) + bool(align)
+    if not panels:
+        raise BmtptError("nothing to draw: the run logged no interference or task losses (pass --no-plots)")
     fig = Figure(figsize=(5 * panels, 4))
     axes = list(fig.subplots(1, panels, squeeze=False)[0])
-    ax = axes.pop(0)
-    im = ax.imshow(report["interference"], cmap="RdBu", vmin=-1, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for i, row in enumerate(report["interference"]):
-        for j, x in enumerate(row):
-            ax.text(j, i, f"{x:+.2f}", ha="center", va="center", fontsize=8)
-    ax.set_title("task interference (cosine of scores)")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    if inter:
+        ax = axes.pop(0)
+        im = ax.imshow(inter, cmap="RdBu", vmin=-1, vmax=1)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        for i, row in enumerate(inter):
+            for j, x in enumerate(row):
+                ax.text(j, i, f"{x:+.2f}", ha="center", va="center", fontsize=8)
+        ax.set_title("task interference (cosine of scores)")
+        fig.colorbar(im, ax=ax, fraction=0.046)
     if losses:
         ax = axes.pop(0)
         width = 0.8 / len(names)

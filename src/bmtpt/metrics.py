@@ -172,3 +172,26 @@ METRICS: dict[str, Callable[[Sequence, Sequence], float]] = {
     "squad_exact_match": squad_exact_match,
     "squad_f1": squad_f1,
 }
+
+
+def calibration(probs: np.ndarray, gold: np.ndarray, bins: int = 15, coverage: float = 0.8) -> dict[str, float]:
+    """How trustworthy predicted probabilities are, from (N, C) label probabilities and gold label indices:
+
+    - accuracy: of the most probable label (0-100);
+    - nll: mean -log p(gold label) (nats);
+    - ece: expected calibration error over `bins` equal-width confidence bins, sum_b |B_b| / N *
+      |accuracy_b - mean confidence_b| (0-100);
+    - acc_at_80: the accuracy on the `coverage` share of examples predicted most confidently (abstaining on
+      the rest; 0-100; ties at the cut are broken by order).
+    """
+    probs, gold = np.asarray(probs, dtype=float), np.asarray(gold, dtype=int)
+    conf, pred = probs.max(1), probs.argmax(1)
+    correct = (pred == gold).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)  # (lo, hi] bins, 0 in the first
+    ece = sum(abs(correct[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
+              for b in range(bins) if (which == b).any())
+    keep = np.argsort(-conf, kind="stable")[: max(1, int(round(coverage * len(conf))))]
+    nll = -np.log(np.clip(probs[np.arange(len(gold)), gold], 1e-300, None)).mean()
+    return {"accuracy": 100.0 * float(correct.mean()), "nll": float(nll), "ece": 100.0 * float(ece),
+            "acc_at_80": 100.0 * float(correct[keep].mean())}

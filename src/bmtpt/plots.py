@@ -236,6 +236,26 @@ def source_dev_lines(plan: Plan) -> list[str]:
             *filter(None, rows), ""]
 
 
+def calibration_lines(exp, records: list[dict]) -> list[str]:
+    """Markdown: per method and few-shot setting, the test calibration (accuracy, NLL, ECE, accuracy at 80 %
+    coverage) averaged over its cells (those that recorded it: rank-classified targets)."""
+    rows = []
+    for shots in exp.shots:
+        for spec in exp.methods:
+            cal = [r["test_calibration"] for r in records
+                   if r["method"] == spec.name and r["shots"] == shots and r.get("test_calibration")]
+            if cal:
+                mean = {k: statistics.mean(c[k] for c in cal) for k in ("accuracy", "nll", "ece", "acc_at_80")}
+                rows.append(f"| {spec.name} | {shots_label(shots)} | {len(cal)} | {mean['accuracy']:.1f} | "
+                            f"{mean['nll']:.3f} | {mean['ece']:.1f} | {mean['acc_at_80']:.1f} |")
+    if not rows:
+        return []
+    return ["## Calibration of the test predictions (mean over cells)", "",
+            "NLL of the gold label under the label-word softmax; ECE over 15 confidence bins; accuracy on the 80 % "
+            "most confident predictions.", "", "| method | shots | cells | accuracy | NLL | ECE | acc @ 80 % |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
+
+
 def _machine(out: Path) -> str:
     """The machine line from experiment.json (written when the grid ran), or ''."""
     try:
@@ -282,6 +302,7 @@ def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True
                   *score_table(plan, records, shots, "dev_score"), ""]
         if have_mpl:
             pngs.append(learning_curves(out, plan, records, shots))
+    lines += calibration_lines(exp, records)
     lines += source_dev_lines(plan)
     spot = [r for r in records if "spot" in r]
     if spot:

@@ -370,6 +370,24 @@ class PromptedModel:
             preds = self.generate(prompt, examples, task.max_target_tokens, batch_size)
         return [back.get(p, p) for p in preds]
 
+    def label_probabilities(self, prompt: Tensor, task: Task, examples: Sequence[Example], batch_size: int = 32
+                            ) -> tuple[list, Tensor]:
+        """A classification task's rank-mode predictions (as `predict`) and the (N, C) softmax over its label
+        words' log-likelihoods, columns in the order of `task.verbalizers` (sharded like `predict`)."""
+        if self.dist.active:
+            mine = [examples[i] for i in self.dist.block(len(examples))]
+            rows = self.dist.gather(list(zip(*self._label_probabilities(prompt, task, mine, batch_size)))
+                                    if mine else [])
+            return [r[0] for r in rows], torch.stack([r[1] for r in rows]) if rows else torch.empty(0)
+        return self._label_probabilities(prompt, task, examples, batch_size)
+
+    def _label_probabilities(self, prompt: Tensor, task: Task, examples: Sequence[Example], batch_size: int
+                             ) -> tuple[list, Tensor]:
+        words = self.words(task)
+        _, ll = self.rank_classify(prompt, examples, [words[v] for v in task.verbalizers], batch_size)
+        labels = list(task.verbalizers)
+        return [labels[j] for j in ll.argmax(-1).tolist()], torch.softmax(ll.double(), -1)
+
     def evaluate(self, prompt: Tensor, task: Task, examples: Sequence[Example], mode: str = "rank",
                  batch_size: int = 32) -> dict[str, float]:
         """The task's metrics for one prompt on a list of examples."""

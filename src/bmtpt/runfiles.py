@@ -164,6 +164,14 @@ class RunPrompt:
     what: str  # e.g. "target prompt of synth-product", "particle 2 of 5", "mean of 5 particles"
 
 
+def refuse_ensemble(meta: dict, run: Path) -> None:
+    """A target run of --particles M > 1 holds M prompts whose predictions are averaged: commands that read
+    one prompt refuse it rather than use one of them or their mean."""
+    if meta.get("ensemble"):
+        raise BmtptError(f"{run} is a target ensemble of {meta['ensemble'].get('particles')} prompts (--particles); "
+                         "this command reads a single prompt (its predictions are in predictions-test.json)")
+
+
 def read_run_prompt(run_dir: str | Path, particle: int | None = None) -> RunPrompt:
     """The prompt of a target run (its effective prompt, rank-one factor included) or of a source run
     (particle `particle`, or the particles' mean when None)."""
@@ -174,6 +182,7 @@ def read_run_prompt(run_dir: str | Path, particle: int | None = None) -> RunProm
         if particle is not None:
             raise BmtptError(f"--particle applies to source runs, but {run} is a target run")
         meta = read_json_object(run / "target.json")
+        refuse_ensemble(meta, run)
         tensors = load_tensors(run / "prompt.safetensors")
         prompt = tensors.get("prompt")
         if prompt is None and "theta0" in tensors:  # fold the rank-one factor: theta0 * (u v^T)

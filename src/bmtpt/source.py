@@ -211,15 +211,13 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     share = _share(session.dist, cfg.parallel, len(groups), cfg.particles)
     for step in session.steps(f"source ({cfg.method}, M={cfg.particles})"):
         batch = mixed_batch(encoded, samplers, per_task, pm.pad_id, pm.is_seq2seq)
-        probe = (not independent and len(tasks) > 1 and cfg.interference_every
-                 and (step % cfg.interference_every == 0 or step == 1))
+        probe = not independent and len(tasks) > 1 and cfg.interference_every and step % cfg.interference_every == 0
         parts = torch.zeros(len(tasks), *particles.shape, device=particles.device) if probe else None
         scores, losses = particle_scores(pm, particles, batch, groups, len(tasks), weights, cfg.prior_std,
                                          independent, cfg.particle_chunk, cfg.grad_accum, task_scores=parts, **share)
         session.dist.sum_(scores, losses, *([parts] if probe else []))  # every process: the whole step's scores
-        if probe:  # which source tasks pull the particles the same way, and which conflict
-            session.log.write(step=step, interference=[[round(float(x), 6) for x in row]
-                                                        for row in task_interference(parts)])
+        # which source tasks pull the particles the same way, and which conflict (logged with the step's record)
+        interference = ([[round(float(x), 6) for x in row] for row in task_interference(parts)] if probe else None)
         bad = [names[k] for k in range(len(tasks)) if not torch.isfinite(losses[:, k]).all()]
         if bad:
             raise session.nonfinite("the loss", step, bad)
@@ -242,11 +240,12 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
             raise session.nonfinite("the particles", step, names)
         mean_loss = losses.mean().item() if not independent else losses.sum(1).mean().item()
         session.show(loss=mean_loss)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0 or step == cfg.steps or probe:
             task_loss = losses.mean(0) if not independent else losses.sum(0)
             session.log.write(step=step, loss=mean_loss, **{f"loss/{n}": float(v) for n, v in zip(names, task_loss)},
                               particle_loss=[round(float(x), 6) for x in losses.sum(1)],
-                              particle_task_loss=[[round(float(x), 6) for x in row] for row in losses], **record)
+                              particle_task_loss=[[round(float(x), 6) for x in row] for row in losses], **record,
+                              **({"interference": interference} if probe else {}))
         if session.checkpoint_due(step):
             session.save_checkpoint(step, {"particles": particles, "fisher_sum": fisher["sum"]}, opt,
                                     {"samplers": [s.state_dict() for s in samplers], "train_sizes": sizes,

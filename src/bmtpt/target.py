@@ -92,18 +92,40 @@ _EVALUATED_MAX = 512
 def predict_and_score(pm: PromptedModel, prompt: Tensor, task: Task, examples, cfg: TargetConfig
                       ) -> tuple[dict, list]:
     """(the task's metrics plus their mean under 'score', the predictions example by example)."""
+    return predict_score_calibrate(pm, prompt, task, examples, cfg)[:2]
+
+
+def calibration_of(probs: Tensor, task: Task, examples) -> dict[str, float]:
+    """`metrics.calibration` of (N, C) label probabilities (columns in `task.verbalizers` order)."""
+    import numpy as np
+
+    from .metrics import calibration
+
+    gold = np.array([list(task.verbalizers).index(e.target) for e in examples])
+    return {k: round(v, 6) for k, v in calibration(probs.numpy(), gold).items()}
+
+
+def predict_score_calibrate(pm: PromptedModel, prompt: Tensor, task: Task, examples, cfg: TargetConfig
+                            ) -> tuple[dict, list, dict | None]:
+    """`predict_and_score` plus, for a rank-classified task, the calibration of its label probabilities
+    (`calibration_of`; None otherwise)."""
     digest = hashlib.sha1(prompt.detach().float().cpu().numpy().tobytes()).hexdigest()
     key = (id(pm.model), getattr(pm.model.config, "_name_or_path", ""), digest, tuple(prompt.shape), task.name,
            hash(tuple((e.input, e.target) for e in examples)), cfg.eval_mode, cfg.eval_batch_size, pm.verbalizers,
            pm.max_input_tokens, pm.precision)
     if key not in _EVALUATED:
-        preds = pm.predict(prompt.detach(), task, examples, cfg.eval_mode, cfg.eval_batch_size)
+        calib = None
+        if task.is_classification and cfg.eval_mode == "rank" and examples:
+            preds, probs = pm.label_probabilities(prompt.detach(), task, examples, cfg.eval_batch_size)
+            calib = calibration_of(probs, task, examples)
+        else:
+            preds = pm.predict(prompt.detach(), task, examples, cfg.eval_mode, cfg.eval_batch_size)
         m = task.score(preds, examples)
         if len(_EVALUATED) >= _EVALUATED_MAX:
             _EVALUATED.pop(next(iter(_EVALUATED)))
-        _EVALUATED[key] = ({**m, "score": score_of(m)}, preds)
-    metrics, preds = _EVALUATED[key]
-    return dict(metrics), list(preds)
+        _EVALUATED[key] = ({**m, "score": score_of(m)}, preds, calib)
+    metrics, preds, calib = _EVALUATED[key]
+    return dict(metrics), list(preds), dict(calib) if calib else None
 
 
 def train_sample(train: list, n: int, seed: int) -> list:
@@ -111,12 +133,24 @@ def train_sample(train: list, n: int, seed: int) -> list:
     return train if len(train) <= n else random.Random(seed).sample(train, n)
 
 
-def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
-    """Train and evaluate a target prompt; write prompt.safetensors + target.json to cfg.out.
+@dataclass
+class TargetSetup:
+    """What every kind of target run starts from, checked and loaded (`prepare_target`)."""
 
-    With cfg.resume the run continues from cfg.out's checkpoint and ends exactly as if never
-    interrupted. Every input is checked (and the backbone and data loaded) before the run folder is touched.
-    """
+    session: RunSession
+    task: Task
+    particles: Tensor | None  # the source posterior's particles (None for pt)
+    meta: dict  # posterior.json
+    digest: str | None  # of the posterior's files: a resume refuses a changed posterior
+    train: list
+    dev: list
+    test: list
+    pm: PromptedModel
+
+
+def prepare_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetSetup:
+    """Check the options, the posterior, the run folder and the data, then load the backbone: every input is
+    checked (and the backbone and data loaded) before the run folder is touched."""
     session = RunSession(cfg, "target")
     task = get_task(cfg.task)
     particles, meta, digest = (None, {}, None)
@@ -146,9 +180,34 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     pm = PromptedModel.for_run(model, tokenizer, cfg)
     pm.progress = cfg.progress and session.dist.is_main
     pm.dist = session.dist
-    device = pm.device
+    return TargetSetup(session, task, particles, meta, digest, train, dev, test, pm)
 
-    theta0 = torch.nn.Parameter(initial_prompt(cfg, model, tokenizer, particles).to(device))
+
+def make_prior(cfg: TargetConfig, st: TargetSetup, enc) -> tuple[PriorTerm | None, float, float, float | None]:
+    """(prior term or None, lambda, effective lambda, the prior's bandwidth) of a run on the encoded training set."""
+    lam = cfg.prior_weight if TARGET_KINDS[cfg.method].prior else 0.0
+    lam_eff = effective_weight(lam, cfg.prior_weight_rule, sum(len(t) for t in enc.targets))
+    if st.particles is None or lam <= 0:
+        return None, lam, lam_eff, None
+    bandwidth = prior_bandwidth(cfg, st.meta)
+    fisher = load_tensors(Path(cfg.posterior).expanduser() / "particles.safetensors").get("fisher") \
+        if cfg.prior == "fisher" else None
+    return PriorTerm(st.particles.to(st.pm.device), bandwidth, cfg.prior, fisher), lam, lam_eff, bandwidth
+
+
+def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
+    """Train and evaluate a target prompt; write prompt.safetensors + target.json to cfg.out.
+
+    With cfg.resume the run continues from cfg.out's checkpoint and ends exactly as if never
+    interrupted. Every input is checked (and the backbone and data loaded) before the run folder is touched.
+    """
+    if cfg.particles > 1:
+        raise BmtptError("--particles > 1 trains a target ensemble: use bmtpt.ensemble.train_target (the command "
+                         "`bmtpt target` does)")
+    st = prepare_target(cfg, model, tokenizer)
+    session, task, particles, meta, digest, pm = st.session, st.task, st.particles, st.meta, st.digest, st.pm
+    train, dev, test, device = st.train, st.dev, st.test, pm.device
+    theta0 = torch.nn.Parameter(initial_prompt(cfg, pm.model, pm.tokenizer, particles).to(device))
     groups = [{"params": [theta0], "lr": cfg.lr}]
     u = v = None
     if cfg.rank_one:
@@ -157,14 +216,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         groups.append({"params": [u, v], "lr": cfg.lr_factor})
     opt = make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
     enc = pm.encode(task, train, cfg.max_target_tokens)
-    lam = cfg.prior_weight if TARGET_KINDS[cfg.method].prior else 0.0
-    lam_eff = effective_weight(lam, cfg.prior_weight_rule, sum(len(t) for t in enc.targets))
-    prior, bandwidth = None, None
-    if particles is not None and lam > 0:
-        bandwidth = prior_bandwidth(cfg, meta)
-        fisher = load_tensors(Path(cfg.posterior).expanduser() / "particles.safetensors").get("fisher") \
-            if cfg.prior == "fisher" else None
-        prior = PriorTerm(particles.to(device), bandwidth, cfg.prior, fisher)
+    prior, lam, lam_eff, bandwidth = make_prior(cfg, st, enc)
 
     sampler = EpochSampler(len(enc), cfg.seed)
     seen = train_sample(train, cfg.train_eval_examples, cfg.seed)
@@ -224,9 +276,9 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
                                                          "best": run["best"], "posterior_sha256": digest})
 
     best, best_prompt, best_state, log = run["best"], run["prompt"], run["state"], session.log
-    test_m, preds = predict_and_score(pm, best_prompt, task, test, cfg)
+    test_m, preds, calib = predict_score_calibrate(pm, best_prompt, task, test, cfg)
     metrics = {"dev": best["dev"], "test": test_m, "best_step": best["step"], "dev_examples": len(dev),
-               "test_examples": len(test)}
+               "test_examples": len(test), **({"test_calibration": calib} if calib else {})}
     if session.dist.is_main:  # rank 0 writes the results
         # example-level test results: what a paired bootstrap over test examples resamples
         atomic_write_json({"task": task.name, "split": "test", "predictions": preds,
