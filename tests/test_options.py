@@ -60,7 +60,7 @@ SOURCE_TRIES = {
     "particles": 3, "steps": 3, "method": "independent", "init": "uniform",
     "mixing_temperature": ("refused", 3.0, "applies to --mixing temperature"),
     "likelihood_scale": "dataset", "prior_std": 0.5, "bandwidth": 0.5, "kernel_view": "row-mean",
-    "task_weights": "1,0.25", "repulsion": 4.0, "final_eval_examples": 4,
+    "task_weights": "1,0.25", "repulsion": 4.0, "repulsion_schedule": "decay", "final_eval_examples": 4,
     # result-neutral: tried with these values, every number must stay the same
     "particle_chunk": 1, "gradient_checkpointing": True, "grad_accum": 2, "checkpoint_every": 1, "progress": True,
     "parallel": "particle",  # one process here; tests/test_distributed.py runs two
@@ -190,7 +190,7 @@ def test_options_of_a_posterior_or_prior_are_refused_for_prompt_tuning(option, t
 
 
 @pytest.mark.parametrize("option, value", [("bandwidth", 2.0), ("kernel_view", "row-mean"), ("repulsion", 3.0),
-                                           ("interference_every", 5)])
+                                           ("repulsion_schedule", "anneal"), ("interference_every", 5)])
 def test_svgd_kernel_options_are_refused_for_independent_prompts(option, value, tmp_path):
     with pytest.raises(BmtptError, match="--method independent trains each prompt alone"):
         SourceConfig(**{**SOURCE_BASE, "out": str(tmp_path), "method": "independent", option: value}).validate()

@@ -224,3 +224,17 @@ def test_task_weights_scale_each_tasks_pull(tmp_path, tiny_t5):
         run_source(bad, model, tok)
     with pytest.raises(BmtptError, match="non-negative"):
         SourceConfig(out="x", tasks="a", task_weights="1,-1").validate()
+
+
+def test_the_repulsion_schedule_scales_the_logged_repulsion(tmp_path, tiny_llama):
+    import json
+
+    from bmtpt.config import SourceConfig
+    from bmtpt.source import run_source
+
+    run_source(SourceConfig(model="tiny-llama", out=str(tmp_path), tasks="synth-sentiment,synth-animal", particles=2,
+                            steps=4, batch_size=4, prompt_length=3, max_train_examples=8, repulsion=2.0,
+                            repulsion_schedule="anneal", log_every=1, final_eval_examples=0, progress=False,
+                            device="cpu"), *tiny_llama)
+    logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["repulsion"] for r in logged] == [2.0 * s / 4 for s in range(1, 5)]

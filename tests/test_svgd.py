@@ -189,3 +189,15 @@ def test_row_mean_kernel_view_against_autograd():
         torch.testing.assert_close(terms.repulse[i], rep / 4)
     with pytest.raises(ValueError, match="kernel view"):
         svgd_terms(x, s, h, view="pca")
+
+
+def test_repulsion_schedules_by_hand():
+    from bmtpt.svgd import repulsion_weight
+
+    steps = 8
+    assert [repulsion_weight("constant", s, steps) for s in range(1, 9)] == [1.0] * 8
+    assert [repulsion_weight("anneal", s, steps) for s in range(1, 9)] == [s / 8 for s in range(1, 9)]
+    assert [repulsion_weight("cyclic", s, steps) for s in range(1, 9)] == [0.5, 1.0] * 4  # 4 ramps of 2 steps
+    assert [repulsion_weight("decay", s, steps) for s in range(1, 9)] == [1 - (s - 1) / 8 for s in range(1, 9)]
+    with pytest.raises(ValueError, match="unknown repulsion schedule"):
+        repulsion_weight("nope", 1, 8)

@@ -117,6 +117,10 @@ class SourceConfig(CommonConfig):
     repulsion: float = opt(1.0, "weight of SVGD's repulsive (kernel-gradient) term: 1 is plain SVGD; above 1 the "
                            "particles spread further (the drive of many examples otherwise dwarfs it: 0.7 percent "
                            "of the drive in the first CPU grids); 0 leaves kernel-averaged, non-repelling particles")
+    repulsion_schedule: str = opt("constant", "how the repulsion weight changes over the steps: constant; anneal "
+                                  "(from 0 up to --repulsion: modes first, spread later); cyclic (that ramp 4 "
+                                  "times); decay (from --repulsion down to ~0)",
+                                  ("constant", "anneal", "cyclic", "decay"))
     final_eval_examples: int = opt(200, "dev examples of each source task on which the final particles and their "
                                    "mean are scored, into posterior.json (0: skip)")
     interference_every: int = opt(10, "log the K x K task-interference matrix (cosine similarity of the source "
@@ -162,7 +166,7 @@ class SourceConfig(CommonConfig):
 
 # options of SVGD's kernel and its task-interference diagnostic: a source stage of --method independent has
 # neither and refuses them
-SVGD_KERNEL_OPTIONS = ("bandwidth", "kernel_view", "repulsion", "interference_every")
+SVGD_KERNEL_OPTIONS = ("bandwidth", "kernel_view", "repulsion", "repulsion_schedule", "interference_every")
 
 
 def parse_task_weights(spec: str | None, count: int | None = None) -> list[float] | None:

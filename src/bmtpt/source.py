@@ -36,7 +36,14 @@ from .prompts import init_prompts
 from .runfiles import save_posterior
 from .runs import load_model, load_split, make_optimizer
 from .session import RunSession
-from .svgd import mean_pairwise_distance, median_bandwidth, pairwise_sq_dists, svgd_terms, task_interference
+from .svgd import (
+    mean_pairwise_distance,
+    median_bandwidth,
+    pairwise_sq_dists,
+    repulsion_weight,
+    svgd_terms,
+    task_interference,
+)
 from .tasks import parse_task_list, score_of
 
 
@@ -227,8 +234,10 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
             phi, record = scores, {}
         else:
             terms = svgd_terms(particles.detach(), scores, cfg.bandwidth, cfg.kernel_view)
-            phi, run["bandwidth"] = terms.drive + cfg.repulsion * terms.repulse, terms.bandwidth
-            record = {"bandwidth": terms.bandwidth, "mean_distance": mean_pairwise_distance(terms.sq_dists),
+            gamma = cfg.repulsion * repulsion_weight(cfg.repulsion_schedule, step, cfg.steps)
+            phi, run["bandwidth"] = terms.drive + gamma * terms.repulse, terms.bandwidth
+            record = {"bandwidth": terms.bandwidth, "repulsion": gamma,
+                      "mean_distance": mean_pairwise_distance(terms.sq_dists),
                       "drive_norm": _mean_norm(terms.drive), "repulse_norm": _mean_norm(terms.repulse)}
         if step > cfg.steps // 2:
             fisher["sum"] += scores.detach().to(fisher["sum"].dtype).pow(2).sum(0)

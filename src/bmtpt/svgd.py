@@ -161,3 +161,26 @@ def task_interference(task_scores: Tensor) -> Tensor:
     unit = flat / flat.norm(dim=-1, keepdim=True).clamp_min(1e-300)
     return torch.einsum("imd,jmd->ij", unit, unit) / m
 
+
+REPULSION_SCHEDULES = ("constant", "anneal", "cyclic", "decay")
+
+
+def repulsion_weight(schedule: str, step: int, steps: int, cycles: int = 4) -> float:
+    """The factor on SVGD's repulsive term at `step` of `steps` (1-based):
+
+    constant 1; anneal t = step/steps (the drive alone at first, full repulsion at the end, as annealed SVGD
+    lets particles find modes before spreading them); cyclic the same ramp repeated `cycles` times; decay
+    1 - (step - 1)/steps (full repulsion first, damped towards the end).
+    """
+    t = step / steps
+    if schedule == "constant":
+        return 1.0
+    if schedule == "anneal":
+        return t
+    if schedule == "cyclic":
+        period = steps / cycles
+        return ((step - 1) % period + 1) / period if period >= 1 else t
+    if schedule == "decay":
+        return 1.0 - (step - 1) / steps
+    raise ValueError(f"unknown repulsion schedule {schedule!r} (choose from {', '.join(REPULSION_SCHEDULES)})")
+
