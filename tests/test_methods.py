@@ -9,8 +9,9 @@ from bmtpt.methods import METHODS, TARGET_KINDS
 
 
 def test_the_runner_reads_the_table():
-    assert BASES == tuple(METHODS) == ("pt", "avg", "spot", "mpt", "bmtpt")
-    assert STAGE_KIND == {"pt": None, "avg": "independent", "spot": "independent", "mpt": "mpt", "bmtpt": "svgd"}
+    assert BASES == tuple(METHODS) == ("pt", "avg", "spot", "mpt", "bmtpt", "attempt")
+    assert STAGE_KIND == {"pt": None, "avg": "independent", "spot": "independent", "mpt": "mpt", "bmtpt": "svgd",
+                          "attempt": "independent"}
     assert FIXED_TARGET["mpt"] == {"method": "avg", "init": "mean", "rank_one": True}
     assert set(DEMO_METHODS) <= set(METHODS)
 

@@ -24,9 +24,9 @@ from safetensors.torch import load_file
 
 import bmtpt.cli as cli_mod
 from bmtpt.config import SourceConfig, TargetConfig, result_neutral_options
-from bmtpt.ensemble import train_target
 from bmtpt.errors import BmtptError
 from bmtpt.source import run_source
+from bmtpt.train import train_target
 
 TESTS = Path(__file__).parent
 # the posterior is declared neutral for the cell hash and the resume check, which compare its source stage and
@@ -80,6 +80,10 @@ TARGET_TRIES = {
     "eval_mode": "generate",
     "gradient_checkpointing": True, "grad_accum": 2, "checkpoint_every": 1, "progress": True, "eval_batch_size": 2,
     "particles": 2, "ensemble": ("refused", "independent", "--ensemble applies to --particles M > 1"),
+    # ATTEMPT's options: refused for the base run's bmtpt; tests/test_attempt.py runs them
+    "attention_lr": ("refused", 0.5, "--method attempt's attention"),
+    "attention_rank": ("refused", 8, "--method attempt's attention"),
+    "attention_temperature": ("refused", 2.0, "--method attempt's attention"),
 }
 # refusals that depend on the method (a prompt-tuning run has no posterior and no prior)
 PT_REFUSALS = {"posterior": "reads no --posterior", "allow_other_backbone": "reads none",

@@ -140,7 +140,7 @@ def cmd_source(cfg: SourceConfig) -> int:
 
 def cmd_target(cfg: TargetConfig) -> int:
     """Train a target prompt."""
-    from .ensemble import train_target
+    from .train import train_target
 
     res = train_target(cfg)
     if _main_process():

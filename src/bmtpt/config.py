@@ -247,6 +247,11 @@ class TargetConfig(CommonConfig):
     eval_mode: str = opt("rank", "rank: rank classification for classification tasks; generate: decode",
                          ("rank", "generate"))
     eval_batch_size: int = opt(32, "rows per forward pass when evaluating", neutral=True)
+    attention_lr: float = opt(0.01, "--method attempt: learning rate of the attention module (its target prompt "
+                              "takes --lr)")
+    attention_rank: int = opt(32, "--method attempt: width r of the attention module's projection (d -> r -> d)")
+    attention_temperature: float | None = opt(None, "--method attempt: softmax temperature of the attention "
+                                              "(default: the embedding width d, as in the paper)")
     particles: int = opt(1, "target posterior: M > 1 target prompts, started from the source particles (cycled) "
                          "and moved by SVGD under the target likelihood plus the source prior; predictions average "
                          "their label probabilities (classification, rank mode; --method bmtpt or avg). 1: one "
@@ -304,8 +309,25 @@ class TargetConfig(CommonConfig):
                 raise BmtptError("--particles > 1 does not take the rank-one factor (--rank-one)")
             if self.eval_mode != "rank":
                 raise BmtptError("--particles > 1 averages label probabilities: it needs --eval-mode rank")
+        if self.method == "attempt":
+            given = [f"--{n.replace('_', '-')}" for n in ("init", "rank_one", "particles")
+                     if getattr(self, n) != _default(TargetConfig, n)]
+            if given:
+                raise BmtptError(f"{', '.join(given)}: --method attempt trains its own input-dependent prompt "
+                                 "(a target prompt from zero and an attention over the source prompts)")
+            if self.attention_rank <= 0 or not self.attention_lr > 0 or (
+                    self.attention_temperature is not None and not self.attention_temperature > 0):
+                raise BmtptError("--attention-rank, --attention-lr and --attention-temperature must be positive")
+        else:
+            given = [f"--{n.replace('_', '-')}" for n in ATTEMPT_OPTIONS
+                     if getattr(self, n) != _default(TargetConfig, n)]
+            if given:
+                raise BmtptError(f"{', '.join(given)} concern{'s' * (len(given) == 1)} --method attempt's attention")
         if not self.rank_one and self.lr_factor != _default(TargetConfig, "lr_factor"):
             raise BmtptError("--lr-factor is the learning rate of the rank-one factor: add --rank-one")
+
+
+ATTEMPT_OPTIONS = ("attention_lr", "attention_rank", "attention_temperature")
 
 
 def _default(cls, name: str):

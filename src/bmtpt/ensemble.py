@@ -29,17 +29,10 @@ from .errors import BmtptError
 from .runfiles import PREDICTIONS_FILE, atomic_save_tensors, atomic_write_json
 from .runs import make_optimizer
 from .svgd import svgd_terms
-from .target import TARGET_FORMAT, TargetResult, calibration_of, make_prior, prepare_target, run_target
+from .target import TARGET_FORMAT, TargetResult, calibration_of, make_prior, prepare_target
 from .tasks import score_of
 
-__all__ = ["ensemble_probabilities", "run_target_ensemble", "train_target"]
-
-
-def train_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
-    """`bmtpt target`: the MAP run (`target.run_target`), or with --particles M > 1 a posterior ensemble."""
-    if cfg.particles > 1:
-        return run_target_ensemble(cfg, model, tokenizer)
-    return run_target(cfg, model, tokenizer)
+__all__ = ["ensemble_probabilities", "run_target_ensemble"]
 
 
 def ensemble_probabilities(pm, particles: Tensor, task, examples, batch_size: int = 32) -> tuple[Tensor, Tensor]:
@@ -118,7 +111,7 @@ def run_target_ensemble(cfg: TargetConfig, model=None, tokenizer=None) -> Target
             raise session.nonfinite("the prompt", step, [task.name])
         session.show(nll=per.mean().item())
         if step % cfg.log_every == 0:
-            session.log.write(step=step, nll=per.mean().item(), particle_nll=[round(float(x), 6) for x in per],
+            session.log.write(step=step, nll=per.mean().item(), particle_nll=[round(float(x), 6) for x in per.detach()],
                               log_prior=log_prior.mean().item(), **record)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             dev_m = evaluation(step)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from .baselines import spot_choose, train_mpt_source
 from .checkpoint import CHECKPOINT_FILE, check_resume_options, file_digest, read_checkpoint_meta
-from .ensemble import train_target as run_target  # a MAP run, or an ensemble with --particles M
 from .errors import BmtptError
 from .expconfig import ExperimentConfig, load_experiment
 from .grid import Cell, Plan, Stage, plan_experiment
@@ -36,6 +35,7 @@ from .runfiles import (
     load_posterior,
 )
 from .source import run_source
+from .train import train_target as run_target  # a MAP run, or an ensemble with --particles M
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "append_record", "read_records", "run_experiment"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .baselines import MptConfig
-from .config import PRIOR_OPTIONS, SVGD_KERNEL_OPTIONS, SourceConfig, TargetConfig
+from .config import ATTEMPT_OPTIONS, PRIOR_OPTIONS, SVGD_KERNEL_OPTIONS, SourceConfig, TargetConfig
 from .errors import BmtptError
 from .expconfig import FIXED_TARGET, HASH_SKIP, STAGE_KIND, ExperimentConfig, MethodSpec, fail
 from .methods import METHODS
@@ -124,7 +124,8 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
                 for task in exp.targets:
                     # options of the global sections that this method does not use (a target run trains one
                     # prompt; only bmtpt has a prior) are left out; in a method's own overrides they are refused
-                    unused = {"particle_chunk", *(PRIOR_OPTIONS if not METHODS[spec.base].kind.prior else ())}
+                    unused = {"particle_chunk", *(PRIOR_OPTIONS if not METHODS[spec.base].kind.prior else ()),
+                              *(ATTEMPT_OPTIONS if spec.base != "attempt" else ())}
                     shared = {k: v for k, v in {**exp.common, **exp.target}.items() if k not in unused}
                     values = {**run, **shared, **spec.overrides["target"], **FIXED_TARGET[spec.base], "task": task,
                               "seed": seed, "posterior": str(stage.cfg.out) if stage else None}

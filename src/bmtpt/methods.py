@@ -1,11 +1,12 @@
 """The method table: what each method of a comparison means, in one place.
 
-A *method* (pt, avg, spot, mpt, bmtpt) is a source stage (none, M independent per-task prompts, MPT's shared
-prompt, or SVGD particles) followed by a target run of one of three kinds (`bmtpt target --method`):
+A *method* (pt, avg, spot, mpt, bmtpt, attempt) is a source stage (none, M independent per-task prompts, MPT's
+shared prompt, or SVGD particles) followed by a target run of one of four kinds (`bmtpt target --method`):
 
-    pt     no posterior; the prompt starts from a vocabulary draw; no prior
-    avg    starts from a source prompt (the mean, or one chosen prompt); no prior
-    bmtpt  starts from the particles' mean; the source posterior is its prior
+    pt       no posterior; the prompt starts from a vocabulary draw; no prior
+    avg      starts from a source prompt (the mean, or one chosen prompt); no prior
+    bmtpt    starts from the particles' mean; the source posterior is its prior
+    attempt  an input-dependent attention mix of the frozen source prompts plus a trained target prompt
 
 The experiment runner, the target stage and the demo read this table, so an option a method does not use
 (a prior weight for avg, say) is refused rather than accepted and ignored.
@@ -42,7 +43,8 @@ class Method:
 
 
 TARGET_KINDS = {k.name: k for k in (TargetKind("pt", False, False, "vocab"), TargetKind("avg", True, False, "mean"),
-                                    TargetKind("bmtpt", True, True, "mean"))}
+                                    TargetKind("bmtpt", True, True, "mean"),
+                                    TargetKind("attempt", True, False, "mean"))}
 
 METHODS = {m.name: m for m in (
     Method("pt", None, {"method": "pt"}, "prompt tuning from a vocabulary draw, no source knowledge"),
@@ -53,4 +55,6 @@ METHODS = {m.name: m for m in (
     Method("mpt", "mpt", {"method": "avg", "init": "mean", "rank_one": True},
            "MPT's shared prompt with a fresh rank-one factor"),
     Method("bmtpt", "svgd", {"method": "bmtpt"}, "SVGD particles: their mean as the start, their density as prior"),
+    Method("attempt", "independent", {"method": "attempt"},
+           "ATTEMPT: an input-dependent attention mix of the frozen source prompts plus a target prompt"),
 )}

@@ -167,13 +167,21 @@ class PromptedModel:
 
     # ------------------------------------------------------------------ forward
     def _rows(self, prompts: Tensor, batch: Batch, prompt_index: Tensor | None):
-        """Prompt embeddings (R, l, d), example embeddings, masks and targets of every row."""
-        (m, plen, d), b = prompts.shape, len(batch)
+        """Prompt embeddings (R, l, d), example embeddings, masks and targets of every row.
+
+        `prompts` may also be an input-dependent prompt (an object with `instance_prompts(embeddings, mask)`,
+        such as ATTEMPT's): row r is then example r under the prompt made from its own input."""
         dev = self.device
         emb = self.model.get_input_embeddings()(batch.input_ids.to(dev))  # once per example
+        tgt, tmask = batch.target_ids.to(dev), batch.target_mask.to(dev)
+        if not isinstance(prompts, Tensor):
+            own = prompts.instance_prompts(emb, batch.attention_mask.to(dev)).to(emb.dtype)
+            ones = torch.ones(own.shape[:2], dtype=batch.attention_mask.dtype, device=dev)
+            return (torch.cat([own, emb], dim=1), torch.cat([ones, batch.attention_mask.to(dev)], dim=1), tgt,
+                    tmask)
+        (m, plen, d), b = prompts.shape, len(batch)
         ones = torch.ones(b, plen, dtype=batch.attention_mask.dtype, device=dev)
         mask = torch.cat([ones, batch.attention_mask.to(dev)], dim=1)
-        tgt, tmask = batch.target_ids.to(dev), batch.target_mask.to(dev)
         prompts = prompts.to(emb.dtype)
         if prompt_index is None:  # all M prompts on all B examples, particle-major
             # cat of broadcast views: the (M*B, l+n, d) input is written once, with no gathered copies, and
@@ -260,7 +268,7 @@ class PromptedModel:
                 inputs = [enc.inputs[i] for i in idx for _ in range(c)]
                 targets = [cands[j] for _ in idx for j in range(c)]
                 batch = collate(inputs, targets, self.pad_id, self.is_seq2seq)
-                nll, _ = self.example_nll(prompt[None], batch)
+                nll, _ = self.example_nll(_as_prompts(prompt), batch)
             scores.append((-nll).view(len(idx), c).float().cpu())
         ll = torch.empty(len(examples), c)
         ll[torch.tensor(order, dtype=torch.long)] = torch.cat(scores)
@@ -275,7 +283,7 @@ class PromptedModel:
         e, c, dev = len(inputs), len(cands), self.device
         batch = collate(inputs, [[self.pad_id]] * e, self.pad_id, True)
         cand = collate([[self.pad_id]] * c, cands, self.pad_id, True)
-        x, mask, _, _ = self._rows(prompt[None], batch, None)
+        x, mask, _, _ = self._rows(_as_prompts(prompt), batch, None)
         tgt, tmask = cand.target_ids.to(dev).repeat(e, 1), cand.target_mask.to(dev).repeat(e, 1)
         with autocast(dev.type, self.precision):
             states = self.model.get_encoder()(inputs_embeds=x, attention_mask=mask).last_hidden_state
@@ -294,7 +302,7 @@ class PromptedModel:
         e, dev = len(inputs), self.device
         batch = collate(inputs, [[self.pad_id]] * e, self.pad_id, False)  # dummy target: cut off below
         batch.input_ids, batch.attention_mask = batch.input_ids[:, :-1], batch.attention_mask[:, :-1]
-        x, mask, _, _ = self._rows(prompt[None], batch, None)
+        x, mask, _, _ = self._rows(_as_prompts(prompt), batch, None)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         with autocast(dev.type, self.precision):
             logits = self.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False,
@@ -312,7 +320,7 @@ class PromptedModel:
         e, c, dev = len(inputs), len(cands), self.device
         batch = collate(inputs, [[self.pad_id]] * e, self.pad_id, False)  # dummy target: cut off below
         batch.input_ids, batch.attention_mask = batch.input_ids[:, :-1], batch.attention_mask[:, :-1]
-        x, mask, _, _ = self._rows(prompt[None], batch, None)
+        x, mask, _, _ = self._rows(_as_prompts(prompt), batch, None)
         cand = collate([[]] * c, cands, self.pad_id, True)  # right-padded candidates, (C, T)
         tgt, tmask = cand.target_ids.to(dev).repeat(e, 1), cand.target_mask.to(dev).repeat(e, 1)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -344,7 +352,7 @@ class PromptedModel:
             batch = collate(ids, [[self.pad_id]] * len(ids), self.pad_id, self.is_seq2seq)
             if not self.is_seq2seq:
                 batch.input_ids, batch.attention_mask = batch.input_ids[:, :-1], batch.attention_mask[:, :-1]
-            x, mask, _, _ = self._rows(prompt[None], batch, None)
+            x, mask, _, _ = self._rows(_as_prompts(prompt), batch, None)
             with autocast(self.device.type, self.precision):
                 gen = self.model.generate(inputs_embeds=x, attention_mask=mask, max_new_tokens=max_new_tokens,
                                           do_sample=False, num_beams=1, pad_token_id=self.pad_id)
@@ -392,6 +400,11 @@ class PromptedModel:
                  batch_size: int = 32) -> dict[str, float]:
         """The task's metrics for one prompt on a list of examples."""
         return task.score(self.predict(prompt, task, examples, mode, batch_size), examples)
+
+
+def _as_prompts(prompt):
+    """One prompt (l, d) as a batch of one, (1, l, d); an input-dependent prompt object as it is."""
+    return prompt[None] if isinstance(prompt, Tensor) else prompt
 
 
 def mean_loss_by_group(nll_sum: Tensor, ntok: Tensor, groups: Tensor, num_groups: int) -> Tensor:

@@ -165,11 +165,15 @@ class RunPrompt:
 
 
 def refuse_ensemble(meta: dict, run: Path) -> None:
-    """A target run of --particles M > 1 holds M prompts whose predictions are averaged: commands that read
-    one prompt refuse it rather than use one of them or their mean."""
+    """A target run of --particles M > 1 holds M prompts whose predictions are averaged, and an ATTEMPT run an
+    input-dependent prompt: commands that read one prompt refuse them rather than use a part of them."""
     if meta.get("ensemble"):
         raise BmtptError(f"{run} is a target ensemble of {meta['ensemble'].get('particles')} prompts (--particles); "
                          "this command reads a single prompt (its predictions are in predictions-test.json)")
+    if meta.get("method") == "attempt":
+        raise BmtptError(f"{run} is an ATTEMPT run: an input-dependent prompt (an attention mix of source prompts "
+                         "per input) is not a single prompt or a PEFT prompt-tuning adapter (its predictions are in "
+                         "predictions-test.json)")
 
 
 def read_run_prompt(run_dir: str | Path, particle: int | None = None) -> RunPrompt:

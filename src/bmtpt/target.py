@@ -202,8 +202,10 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     interrupted. Every input is checked (and the backbone and data loaded) before the run folder is touched.
     """
     if cfg.particles > 1:
-        raise BmtptError("--particles > 1 trains a target ensemble: use bmtpt.ensemble.train_target (the command "
+        raise BmtptError("--particles > 1 trains a target ensemble: use bmtpt.train.train_target (the command "
                          "`bmtpt target` does)")
+    if cfg.method == "attempt":
+        raise BmtptError("--method attempt trains an input-dependent prompt: use bmtpt.train.train_target")
     st = prepare_target(cfg, model, tokenizer)
     session, task, particles, meta, digest, pm = st.session, st.task, st.particles, st.meta, st.digest, st.pm
     train, dev, test, device = st.train, st.dev, st.test, pm.device
