@@ -33,6 +33,7 @@ from .runfiles import (
     atomic_save_tensors,
     atomic_write_json,
     load_posterior,
+    read_jsonl_log,
 )
 from .source import run_source
 from .train import train_target as run_target  # a MAP run, or an ensemble with --particles M
@@ -52,17 +53,7 @@ class ExperimentResult:
 
 def read_records(path: Path) -> list[dict]:
     """The records of results.jsonl in file order; a torn last line (a killed write) is ignored."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "key" in rec:
-            out.append(rec)
-    return out
+    return [rec for rec in read_jsonl_log(path) if "key" in rec]
 
 
 def append_record(path: Path, record: dict) -> None:

@@ -15,14 +15,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from .config import InspectConfig
 from .errors import BmtptError
-from .runfiles import load_posterior
+from .runfiles import load_posterior, read_jsonl_log
 from .svgd import task_interference
 
 
@@ -194,16 +193,9 @@ def draw(report: dict, path: Path) -> Path:
 
 
 def _log(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    if not (run_dir / "metrics.jsonl").is_file():
         raise BmtptError(f"{run_dir} holds no metrics.jsonl")
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    return read_jsonl_log(run_dir / "metrics.jsonl")
 
 
 __all__ = ["InspectConfig", "cosine", "favoured", "interference_matrix", "run_inspect", "score_alignment",

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .grid import Plan
-from .runfiles import load_tensors
+from .runfiles import load_tensors, read_jsonl_log
 from .stats import comparison_lines, selection_lines
 
 SUITE_TITLES = {"glue": "GLUE", "superglue": "SuperGLUE", "qa": "QA", "mrqa": "MRQA", "other": "Other",
@@ -84,18 +84,6 @@ def _figure(rows: int, cols: int, w: float = 4.2, h: float = 3.2):
     return fig, [ax for row in axes for ax in row]
 
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def learning_curves(out: Path, plan: Plan, records: list[dict], shots: int | None) -> Path | None:
     """curves-<shots>.png: dev score against step, one panel per target, one line per method (mean over seeds)."""
     recs = [r for r in records if r["shots"] == shots]
@@ -109,7 +97,7 @@ def learning_curves(out: Path, plan: Plan, records: list[dict], shots: int | Non
             points = defaultdict(list)
             for r in recs:
                 if r["method"] == spec.name and r["task"] == task:
-                    for m in _jsonl(out / r["run_dir"] / "metrics.jsonl"):
+                    for m in read_jsonl_log(out / r["run_dir"] / "metrics.jsonl"):
                         if "dev/score" in m:
                             points[m["step"]].append(m["dev/score"])
             if points:
@@ -192,7 +180,7 @@ def source_losses(out: Path, plan: Plan) -> Path | None:
     """source-losses.png: per source stage (first seed), each particle's summed task loss and each task's
     loss (mean over particles) against the step, from the stage's metrics.jsonl."""
     users = _stage_users(plan)
-    logs = [(s, _jsonl(Path(s.cfg.out) / "metrics.jsonl")) for s in _first_seed_stages(plan)]
+    logs = [(s, read_jsonl_log(Path(s.cfg.out) / "metrics.jsonl")) for s in _first_seed_stages(plan)]
     logs = [(s, [m for m in log if "particle_loss" in m]) for s, log in logs]
     logs = [(s, log) for s, log in logs if log]
     if not logs:

@@ -164,6 +164,23 @@ class RunPrompt:
     what: str  # e.g. "target prompt of synth-product", "particle 2 of 5", "mean of 5 particles"
 
 
+def read_jsonl_log(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSONL log (metrics.jsonl, results.jsonl) in file order; [] for a missing file. A
+    line that does not parse (the torn last line of a killed write) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
 def refuse_ensemble(meta: dict, run: Path) -> None:
     """A target run of --particles M > 1 holds M prompts whose predictions are averaged, and an ATTEMPT run an
     input-dependent prompt: commands that read one prompt refuse them rather than use a part of them."""
