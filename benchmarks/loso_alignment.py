@@ -59,10 +59,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder of the results files")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from bmtpt.config import InspectConfig
     from bmtpt.experiment import read_records
     from bmtpt.inspection import target_alignment
     from bmtpt.runfiles import load_posterior
+    from bmtpt.toolconfig import InspectConfig
 
     full, loso = (read_records(Path(d) / "results.jsonl") for d in (a.transfer, a.loso))
     helps = help_table(full, loso)

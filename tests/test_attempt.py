@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bmtpt.attempt import AttemptPrompt
-from bmtpt.config import EvalConfig, ExportConfig, SourceConfig, TargetConfig
+from bmtpt.config import SourceConfig, TargetConfig
 from bmtpt.errors import BmtptError
 from bmtpt.evaluate import run_eval
 from bmtpt.interop import run_export
@@ -18,6 +18,7 @@ from bmtpt.prompted import PromptedModel
 from bmtpt.runs import load_split
 from bmtpt.source import run_source
 from bmtpt.tasks import get_task
+from bmtpt.toolconfig import EvalConfig, ExportConfig
 from bmtpt.train import train_target
 
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from bmtpt.checkpoint import load_checkpoint
-from bmtpt.config import EvalConfig, SourceConfig, TargetConfig
+from bmtpt.config import SourceConfig, TargetConfig
 from bmtpt.ensemble import ensemble_probabilities
 from bmtpt.errors import BmtptError
 from bmtpt.evaluate import run_eval
@@ -20,6 +20,7 @@ from bmtpt.runs import load_split
 from bmtpt.source import run_source
 from bmtpt.target import calibration_of, run_target
 from bmtpt.tasks import get_task
+from bmtpt.toolconfig import EvalConfig
 from bmtpt.train import train_target
 
 BASE = dict(model="tiny-llama", task="synth-product", steps=3, eval_every=3, batch_size=4, max_train_examples=12,

@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from bmtpt.config import EvalConfig, SourceConfig, TargetConfig
+from bmtpt.config import SourceConfig, TargetConfig
 from bmtpt.errors import BmtptError
 from bmtpt.evaluate import run_eval
 from bmtpt.source import run_source
 from bmtpt.target import run_target
 from bmtpt.tiny import build_tiny
+from bmtpt.toolconfig import EvalConfig
 
 TASKS = "synth-sentiment,synth-animal"
 

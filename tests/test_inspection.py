@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bmtpt.config import InspectConfig, SourceConfig
+from bmtpt.config import SourceConfig
 from bmtpt.errors import BmtptError
 from bmtpt.inspection import cosine, favoured, run_inspect
 from bmtpt.prompted import PromptedModel
@@ -18,6 +18,7 @@ from bmtpt.runs import load_split
 from bmtpt.source import run_source
 from bmtpt.svgd import task_interference
 from bmtpt.tasks import get_task
+from bmtpt.toolconfig import InspectConfig
 
 TASKS = "synth-sentiment,synth-animal,synth-past"
 

@@ -18,18 +18,11 @@ from pathlib import Path
 
 from . import __version__
 from .bench import SpeedConfig, cmd_bench
-from .config import (
-    EvalConfig,
-    ExportConfig,
-    InspectConfig,
-    SourceConfig,
-    TargetConfig,
-    TinyConfig,
-    read_yaml_mapping,
-)
+from .config import SourceConfig, TargetConfig, read_yaml_mapping
 from .demo import DemoConfig
 from .errors import BmtptError
 from .predict import PredictConfig
+from .toolconfig import EvalConfig, ExportConfig, InspectConfig, TinyConfig
 
 
 class _Parser(argparse.ArgumentParser):

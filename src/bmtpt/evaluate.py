@@ -6,12 +6,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .backbone import embedding_width, load_backbone
-from .config import EvalConfig
 from .errors import BmtptError
 from .prompted import PromptedModel
 from .runfiles import atomic_write_json, load_posterior, load_prompt_tensor, read_json_object, refuse_ensemble
 from .runs import check_data_dir, load_split, resolve_device
 from .tasks import get_task, score_of
+from .toolconfig import EvalConfig
 
 
 def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from .config import InspectConfig
 from .errors import BmtptError
 from .runfiles import load_posterior, read_jsonl_log
 from .svgd import task_interference
+from .toolconfig import InspectConfig
 
 
 def interference_matrix(run_dir: Path) -> tuple[list[list[float]] | None, int]:

@@ -31,7 +31,6 @@ from pathlib import Path
 from torch import Tensor
 
 from . import __version__
-from .config import ExportConfig
 from .errors import BmtptError
 from .runfiles import (
     ADAPTER_CONFIG,
@@ -43,6 +42,7 @@ from .runfiles import (
     read_json_object,
     read_run_prompt,
 )
+from .toolconfig import ExportConfig
 
 
 def backbone_task_type(backbone: str, trust_remote_code: bool = False) -> str:
