@@ -277,7 +277,7 @@ def test_a_one_particle_posterior_needs_its_bandwidth_stated(tmp_path, tiny_llam
 def test_source_stage_scores_its_particles_on_each_source_dev_set(tmp_path, tiny_llama):
     """posterior.json's final_dev: the particles' mean and each particle on each task's dev sample, by hand."""
     from bmtpt.runfiles import load_initial_particles, load_posterior
-    from bmtpt.target import score_of
+    from bmtpt.tasks import score_of
 
     model, tok = tiny_llama
     cfg = SourceConfig(model="tiny-llama", out=str(tmp_path / "s"), tasks="synth-sentiment,synth-animal",

@@ -30,7 +30,7 @@ from .errors import BmtptError
 from .runfiles import PREDICTIONS_FILE, atomic_save_tensors, atomic_write_json
 from .runs import make_optimizer
 from .target import TARGET_FORMAT, TargetResult, calibration_of, prepare_target
-from .tasks import score_of
+from .tasks import scored
 
 
 class AttemptPrompt(nn.Module):
@@ -87,8 +87,7 @@ def run_target_attempt(cfg: TargetConfig, model=None, tokenizer=None) -> TargetR
     def scores(examples) -> tuple[dict, list, Tensor]:
         with torch.no_grad():
             preds, probs = pm.label_probabilities(module, task, examples, cfg.eval_batch_size)
-        m = task.score(preds, examples)
-        return {**m, "score": score_of(m)}, preds, probs
+        return scored(task, preds, examples), preds, probs
 
     def evaluation(step: int) -> dict:
         dev_m = scores(st.dev)[0]

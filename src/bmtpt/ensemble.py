@@ -30,7 +30,7 @@ from .runfiles import PREDICTIONS_FILE, atomic_save_tensors, atomic_write_json
 from .runs import make_optimizer
 from .svgd import svgd_terms
 from .target import TARGET_FORMAT, TargetResult, calibration_of, make_prior, prepare_target
-from .tasks import score_of
+from .tasks import scored
 
 __all__ = ["ensemble_probabilities", "run_target_ensemble"]
 
@@ -45,8 +45,7 @@ def _scores(probs: Tensor, task, examples) -> dict:
     """The task's metrics (and 'score') of the most probable labels, plus their calibration."""
     labels = list(task.verbalizers)
     preds = [labels[j] for j in probs.argmax(-1).tolist()]
-    m = task.score(preds, examples)
-    return {**m, "score": score_of(m), "calibration": calibration_of(probs, task, examples)}, preds
+    return {**scored(task, preds, examples), "calibration": calibration_of(probs, task, examples)}, preds
 
 
 def run_target_ensemble(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:

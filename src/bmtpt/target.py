@@ -44,7 +44,7 @@ from .runfiles import (
 )
 from .runs import load_model, load_split, load_train, make_optimizer
 from .session import RunSession
-from .tasks import Task, get_task, score_of
+from .tasks import Task, get_task, scored
 
 TARGET_FORMAT = 1
 DEFAULT_PROMPT_LENGTH = 100  # pt's prompt length when --prompt-length is not given (the source stage's default)
@@ -120,10 +120,9 @@ def predict_score_calibrate(pm: PromptedModel, prompt: Tensor, task: Task, examp
             calib = calibration_of(probs, task, examples)
         else:
             preds = pm.predict(prompt.detach(), task, examples, cfg.eval_mode, cfg.eval_batch_size)
-        m = task.score(preds, examples)
         if len(_EVALUATED) >= _EVALUATED_MAX:
             _EVALUATED.pop(next(iter(_EVALUATED)))
-        _EVALUATED[key] = ({**m, "score": score_of(m)}, preds, calib)
+        _EVALUATED[key] = (scored(task, preds, examples), preds, calib)
     metrics, preds, calib = _EVALUATED[key]
     return dict(metrics), list(preds), dict(calib) if calib else None
 

@@ -156,6 +156,12 @@ def score_of(metrics: dict) -> float:
     return sum(metrics.values()) / len(metrics)
 
 
+def scored(task: Task, predictions: Sequence, examples: Sequence[Example]) -> dict[str, float]:
+    """The task's metrics of `predictions` plus their mean under 'score' (what every evaluation reports)."""
+    m = task.score(predictions, examples)
+    return {**m, "score": score_of(m)}
+
+
 def registered(name: str) -> Task | None:
     """The task registered under exactly `name` (built-in or from a task file), if any."""
     return _REGISTRY.get(name)
