@@ -160,6 +160,10 @@ def test_method_variants_share_or_split_source_stages(tmp_path):
     ({"source": {"steps": 0}}, "--steps must be positive"),
     ({"learning_rate": 0.1}, "unknown key"),
     ({"model": ""}, "model"),
+    ({"per_target": {"synth-tense": {"steps": 3}}}, "'synth-tense' is not one of the targets"),
+    ({"per_target": {"synth-product": {"task": "x"}}}, "per_target.synth-product: unknown key 'task'"),
+    ({"per_target": {"synth-product": {"dev_sample": "sorted"}}}, "dev_sample must be one of random, test-mix"),
+    ({"per_target": ["synth-product"]}, "must map target tasks to options"),
 ])
 def test_bad_configs_give_one_line_errors(tmp_path, change, message):
     with pytest.raises(BmtptError, match=message) as e:
@@ -326,3 +330,19 @@ def test_methods_option_refuses_unknown_names(tmp_path, capsys):
     assert main(["experiment", str(path), "--methods", "pt,spot"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "spot is not a method of grid (its methods: pt, bmtpt)" in err
+
+
+def test_per_target_options_reach_only_that_tasks_cells_and_hashes(tmp_path):
+    base = _config(tmp_path / "exp", targets=["synth-product", "synth-tense"],
+                   methods=["pt", {"name": "bmtpt", "overrides": {"target": {"steps": 5}}}])
+    plain = plan_experiment(load_experiment(base))
+    own = plan_experiment(load_experiment({**base, "per_target": {"synth-tense": {"dev_sample": "test-mix",
+                                                                                   "steps": 4}}}))
+    for a, b in zip(plain.cells, own.cells):
+        assert a.key == b.key
+        if b.task == "synth-tense":
+            assert b.target.dev_sample == "test-mix" and a.config_hash != b.config_hash
+            # over `target:` (steps 2) and under a method's own overrides (bmtpt's steps 5)
+            assert b.target.steps == (5 if b.method == "bmtpt" else 4)
+        else:
+            assert b.target == a.target and a.config_hash == b.config_hash

@@ -77,7 +77,7 @@ TARGET_TRIES = {
     "prior_weight": 50.0, "prior": "gaussian", "prior_weight_rule": "bayes", "prior_bandwidth": 0.05,
     "prior_bandwidth_scale": 0.05, "rank_one": True, "lr_factor": ("refused", 0.5, "add --rank-one"), "shots": 2,
     "eval_every": 2, "train_eval_examples": 2, "max_dev_examples": 3, "max_eval_examples": 4,
-    "eval_mode": "generate",
+    "eval_mode": "generate", "dev_sample": "test-mix",
     "gradient_checkpointing": True, "grad_accum": 2, "checkpoint_every": 1, "progress": True, "eval_batch_size": 2,
     "particles": 2, "ensemble": ("refused", "independent", "--ensemble applies to --particles M > 1"),
     # ATTEMPT's options: refused for the base run's bmtpt; tests/test_attempt.py runs them

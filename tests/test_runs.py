@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from bmtpt.config import TargetConfig
+from bmtpt.errors import BmtptError
 from bmtpt.runs import load_split, load_train
 from bmtpt.tasks import Example, Task
 
@@ -61,3 +64,26 @@ def test_device_option_is_resolved_or_refused(monkeypatch):
         resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
+
+
+def test_test_mix_dev_sample_mirrors_the_test_labels_by_hand():
+    mix = ["yes"] * 5 + ["no"] * 5  # a balanced test sample
+    got = load_split(SKEWED, "dev", _cfg(), 12, label_mix=mix)
+    assert Counter(e.target for e in got) == {"yes": 6, "no": 6} and len({e.input for e in got}) == 12
+    # more than the 10 "no" rows can mirror: n = min(limit, 10 / 0.5) = 20 examples, 10 of each
+    assert Counter(e.target for e in load_split(SKEWED, "dev", _cfg(), 50, label_mix=mix)) == {"yes": 10, "no": 10}
+    assert load_split(SKEWED, "dev", _cfg(seed=5), 12, label_mix=mix) == got  # dev samples ignore the run's seed
+
+
+def test_test_mix_counts_follow_the_largest_remainder_rule():
+    rows = [Example(f"x{i}", y) for y, n in (("a", 100), ("b", 10), ("c", 100)) for i in range(n)]
+    three = Task(name="three", loader=lambda split, data_dir, seed: list(rows), verbalizers=("a", "b", "c"))
+    # test mix 5:3:2; b's 10 rows allow n = floor(10 / 0.3) = 33; exact 16.5, 9.9, 6.6 -> floors 16, 9, 6 (31) and
+    # the 2 left over go to the largest fractions (b's .9, c's .6): 16, 10, 7
+    got = load_split(three, "dev", _cfg(), None, label_mix=["a"] * 5 + ["b"] * 3 + ["c"] * 2)
+    assert Counter(e.target for e in got) == {"a": 16, "b": 10, "c": 7}
+
+
+def test_test_mix_refuses_a_dev_pool_without_a_test_label():
+    with pytest.raises(BmtptError, match="no examples of label.*maybe"):
+        load_split(SKEWED, "dev", _cfg(), 10, label_mix=["yes", "maybe"])

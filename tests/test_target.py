@@ -314,3 +314,13 @@ def test_repeated_evaluations_of_one_prompt_are_looked_up(tiny_llama, monkeypatc
     predict_and_score(pm, prompt + 1e-3, task, dev, cfg)
     predict_and_score(pm, prompt, task, dev[:5], cfg)
     assert len(calls) == 3
+
+
+def test_test_mix_dev_sample_is_refused_for_a_task_without_labels(tmp_path, tiny_llama, monkeypatch):
+    from bmtpt import tasks
+    from bmtpt.tasks import Example, Task
+
+    rows = [Example(f"say {i}", f"word{i}") for i in range(8)]
+    monkeypatch.setitem(tasks._REGISTRY, "free-text", Task(name="free-text", loader=lambda s, d, seed: list(rows)))
+    with pytest.raises(BmtptError, match="test-mix mirrors a label mix; task free-text has no labels"):
+        run_target(_cfg(tmp_path, "free", None, method="pt", task="free-text", dev_sample="test-mix"), *tiny_llama)

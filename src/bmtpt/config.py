@@ -244,6 +244,10 @@ class TargetConfig(CommonConfig):
     max_eval_examples: int | None = opt(None, "test (and, without --max-dev-examples, dev) examples at most: a fixed "
                                         "sample, the same for every seed and method, so scores pair up")
     max_dev_examples: int | None = opt(None, "dev examples used to pick the best step (default: --max-eval-examples)")
+    dev_sample: str = opt("random", "how the dev sample is drawn: random (a fixed sample of --max-dev-examples), or "
+                          "test-mix (the largest sample of at most that many with the test sample's label "
+                          "proportions: for a dev pool whose labels lean differently from the test's)",
+                          ("random", "test-mix"))
     eval_mode: str = opt("rank", "rank: rank classification for classification tasks; generate: decode",
                          ("rank", "generate"))
     eval_batch_size: int = opt(32, "rows per forward pass when evaluating", neutral=True)

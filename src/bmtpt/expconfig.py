@@ -1,7 +1,8 @@
 """The experiment YAML: parsing and validation (one-line BmtptError messages); `bmtpt.grid` plans its cells.
 
 Every key is documented in configs/README.md. Layering of a target run's options, later wins:
-TargetConfig defaults < top-level common hyperparameters < `target:` < the method's `overrides.target`
+TargetConfig defaults < top-level common hyperparameters < `target:` < `per_target:` (the cell's task)
+< the method's `overrides.target`
 < what the method's base fixes (e.g. avg: method avg, init mean) < the cell (task, seed, k-shot cap).
 A source stage's options are layered the same way from `source:` (and `mpt:` for the MPT stage).
 """
@@ -29,7 +30,7 @@ FIXED_TARGET = {name: m.target for name, m in METHODS.items()}
 RUN_KEYS = {"out", "seed", "overwrite", "resume", "progress", "model", "data_dir", "device", "trust_remote_code"}
 TOP_RUN_KEYS = ("model", "data_dir", "device", "trust_remote_code")
 STRUCT_KEYS = ("name", "out", "sources_dir", "backbone", "progress", "sources", "source", "targets", "target",
-               "seeds", "shots", "methods", "spot", "mpt")
+               "seeds", "shots", "methods", "spot", "mpt", "per_target")
 COMMON_KEYS = {f.name for f in dataclasses.fields(CommonConfig)} - RUN_KEYS
 SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceConfig)} - RUN_KEYS - {"tasks", "method"}
 TARGET_KEYS = {f.name for f in dataclasses.fields(TargetConfig)} - RUN_KEYS - {"task", "posterior", "method"}
@@ -72,6 +73,7 @@ class ExperimentConfig:
     source: dict = field(default_factory=dict)
     source_per_seed: bool = False
     target: dict = field(default_factory=dict)
+    per_target: dict = field(default_factory=dict)  # task -> target options for that task's cells only
     seeds: list[int] = field(default_factory=lambda: [0])
     shots: list[int | None] = field(default_factory=lambda: [None])
     spot: dict = field(default_factory=lambda: dict(SPOT_DEFAULTS))
@@ -244,6 +246,21 @@ def _spot(where: str, raw, defaults: dict) -> dict:
     return out
 
 
+def _per_target(where: str, raw, targets) -> dict:
+    """`per_target:` a mapping of target tasks (of `targets:`) to target options for that task's cells."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        fail(where, f"must map target tasks to options, got {type(raw).__name__}")
+    listed = set(_task_list(f"{where} (targets)", targets))
+    out = {}
+    for task, options in raw.items():
+        if task not in listed:
+            fail(where, f"{task!r} is not one of the targets ({', '.join(sorted(listed))})")
+        out[task] = _section(f"{where}.{task}", options, TARGET_KEYS, TargetConfig)
+    return out
+
+
 def load_experiment(config: str | Path | dict) -> ExperimentConfig:
     """Read and validate an experiment YAML file (or an equivalent dict)."""
     if isinstance(config, dict):
@@ -291,6 +308,7 @@ def load_experiment(config: str | Path | dict) -> ExperimentConfig:
         common=_section(where, {k: v for k, v in raw.items() if k in COMMON_KEYS}, COMMON_KEYS),
         source=_section(f"{where}: source", source, SOURCE_KEYS), source_per_seed=per_seed,
         target=_section(f"{where}: target", raw.get("target"), TARGET_KEYS, TargetConfig),
+        per_target=_per_target(f"{where}: per_target", raw.get("per_target"), raw["targets"]),
         seeds=_int_list(f"{where}: seeds", raw.get("seeds", [0]), False),
         shots=_int_list(f"{where}: shots", raw.get("shots", [None]), True),
         spot=_spot(f"{where}: spot", raw.get("spot"), SPOT_DEFAULTS),

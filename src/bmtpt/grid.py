@@ -127,6 +127,7 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
                     unused = {"particle_chunk", *(PRIOR_OPTIONS if not METHODS[spec.base].kind.prior else ()),
                               *(ATTEMPT_OPTIONS if spec.base != "attempt" else ())}
                     shared = {k: v for k, v in {**exp.common, **exp.target}.items() if k not in unused}
+                    shared.update({k: v for k, v in exp.per_target.get(task, {}).items() if k not in unused})
                     values = {**run, **shared, **spec.overrides["target"], **FIXED_TARGET[spec.base], "task": task,
                               "seed": seed, "posterior": str(stage.cfg.out) if stage else None}
                     borrowed = None

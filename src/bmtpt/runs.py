@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -173,13 +176,22 @@ EVAL_SAMPLE_SEED = 0  # the seed of every dev/test sample (--max-eval-examples, 
 
 
 def load_split(task: Task, split: str, cfg: CommonConfig, limit: int | None = None,
-               balanced: bool = False) -> list[Example]:
+               balanced: bool = False, label_mix: Sequence[str] | None = None) -> list[Example]:
     """A task's split, optionally subsampled (seeded) to `limit` examples; never empty.
 
     `balanced` (k-shot training sets): a classification task's sample takes the labels in turn, so their
     counts differ by at most one (unless a label runs out); a plain random 16 of a skewed task such as
     CoLA (70% acceptable) can miss a label altogether.
+    `label_mix` (dev samples, `--dev-sample test-mix`): the largest sample of at most `limit` examples whose
+    label proportions are those of `label_mix` (the test sample's labels), so that model selection on dev
+    rewards what the test rewards even when the dev pool leans to one label (CR's is 80 % positive, its
+    test balanced).
     """
+    if label_mix is not None:
+        examples = task.load(split, cfg.data_dir, EVAL_SAMPLE_SEED)
+        rng = random.Random(EVAL_SAMPLE_SEED * 7919 + len(examples))
+        picked = _mixed_sample([e.target for e in examples], limit, label_mix, rng, f"task {task.name}: {split}")
+        return [examples[i] for i in sorted(picked)]
     # dev/test examples do not depend on the run's seed: every method and seed is scored on the same
     # examples, so their scores pair up example by example (the benchmark's bootstrap needs that)
     seed = cfg.seed if split == "train" else EVAL_SAMPLE_SEED
@@ -210,6 +222,30 @@ def _balanced_sample(labels: list[str], limit: int, rng: random.Random) -> list[
             if q and len(picked) < limit:
                 picked.append(q.pop())
     return picked
+
+
+def _mixed_sample(labels: list[str], limit: int | None, mix: Sequence[str], rng: random.Random,
+                  where: str) -> list[int]:
+    """Indices of the largest sample (at most `limit`) of `labels` with the label proportions of `mix`.
+
+    Counts follow the largest-remainder rule (floor of n * p, the leftover to the largest fractions); n is
+    the most that every label's rows can supply, so no label is short.
+    """
+    share = {y: c / len(mix) for y, c in Counter(mix).items()}
+    by_label: dict[str, list[int]] = {y: [] for y in share}
+    for i, y in enumerate(labels):
+        if y in by_label:
+            by_label[y].append(i)
+    empty = sorted(y for y, rows in by_label.items() if not rows)
+    if empty:
+        raise BmtptError(f"{where} has no examples of label(s) {', '.join(empty)}, which the test sample holds: "
+                         "it cannot mirror the test's label mix (use --dev-sample random)")
+    n = min([limit or len(labels), *(math.floor(len(rows) / share[y] + 1e-9) for y, rows in by_label.items())])
+    exact = {y: n * p for y, p in share.items()}
+    counts = {y: math.floor(v + 1e-9) for y, v in exact.items()}
+    for y in sorted(exact, key=lambda y: (counts[y] - exact[y], y))[: n - sum(counts.values())]:
+        counts[y] += 1
+    return [i for y in sorted(by_label) for i in rng.sample(by_label[y], counts[y])]
 
 
 def load_train(task: Task, cfg: CommonConfig) -> list[Example]:

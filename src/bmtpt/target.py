@@ -168,8 +168,11 @@ def prepare_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetSetup
         raise BmtptError(f"cannot resume {cfg.out}: the posterior in {cfg.posterior} changed since the run started")
     session.seed()
     train = load_train(task, cfg)  # data errors before the slow model load
-    dev = load_split(task, "dev", cfg, cfg.max_dev_examples or cfg.max_eval_examples)
     test = load_split(task, "test", cfg, cfg.max_eval_examples)
+    if cfg.dev_sample == "test-mix" and not task.is_classification:
+        raise BmtptError(f"--dev-sample test-mix mirrors a label mix; task {task.name} has no labels")
+    mix = [e.target for e in test] if cfg.dev_sample == "test-mix" else None
+    dev = load_split(task, "dev", cfg, cfg.max_dev_examples or cfg.max_eval_examples, label_mix=mix)
     if model is None:
         model, tokenizer = load_model(cfg, session.device)
     width = embedding_width(model)
