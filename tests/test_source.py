@@ -17,7 +17,7 @@ from bmtpt.errors import BmtptError
 from bmtpt.prompted import PromptedModel
 from bmtpt.prompts import init_prompts
 from bmtpt.runs import load_split
-from bmtpt.source import mixing_sizes, particle_scores, run_source
+from bmtpt.source import function_space_step, mixing_sizes, particle_scores, run_source
 from bmtpt.tasks import get_task
 
 TASKS = ["synth-sentiment", "synth-animal", "synth-past"]
@@ -238,3 +238,51 @@ def test_the_repulsion_schedule_scales_the_logged_repulsion(tmp_path, tiny_llama
                             device="cpu"), *tiny_llama)
     logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["repulsion"] for r in logged] == [2.0 * s / 4 for s in range(1, 5)]
+
+
+# ----------------------------------------------------------------------------- function-space kernel
+def test_function_space_step_against_one_particle_at_a_time(tiny):
+    """Features = each example's log-likelihood under each particle, one forward per particle here; the
+    kernel, drive and pulled-back repulsion built pair by pair; the scores equal particle_scores'."""
+    arch, model, tok = tiny
+    pm = PromptedModel(model, tok)
+    _, batch, groups = _task_batches(arch, tok, [2, 3, 1])
+    weights = torch.tensor([1.0, 2.5, 0.5])
+    parts = 0.5 * torch.randn(3, 3, 32, generator=torch.Generator().manual_seed(2))
+    interference = torch.zeros(3, *parts.shape)
+    scores, terms, losses = function_space_step(pm, parts, batch, groups, 3, weights, 2.0, None, interference)
+    want_scores, want_losses = particle_scores(pm, parts, batch, groups, 3, weights, 2.0)
+    torch.testing.assert_close(scores, want_scores, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(losses, want_losses, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(interference.sum(0) - parts / 4.0, scores, atol=1e-5, rtol=1e-4)  # + prior = score
+    leaves = [p.clone().requires_grad_(True) for p in parts]
+    feats = [-pm.example_nll(leaf[None], batch)[0] for leaf in leaves]  # (B,) each
+    f = torch.stack([x.detach() for x in feats]).double()
+    h = _median_h(f)
+    assert terms.bandwidth == pytest.approx(h, rel=1e-6)
+    for i in range(3):
+        drive, r = torch.zeros_like(parts[0], dtype=torch.float64), torch.zeros(len(groups), dtype=torch.float64)
+        for j in range(3):
+            k = math.exp(-((f[j] - f[i]) ** 2).sum().item() / h)
+            drive += k * want_scores[j].double()
+            r += -2.0 / h * (f[j] - f[i]) * k  # grad_{f_j} k(f_j, f_i)
+        (pulled,) = torch.autograd.grad((r.float() / 3 * feats[i]).sum(), leaves[i])
+        torch.testing.assert_close(terms.drive[i].double(), drive / 3, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(terms.repulse[i], pulled, atol=1e-6, rtol=1e-4)
+
+
+def test_a_function_space_source_run(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    base = dict(model="tiny-llama", tasks=",".join(TASKS), particles=3, steps=2, batch_size=6, prompt_length=4,
+                max_train_examples=12, log_every=1, progress=False, device="cpu", final_eval_examples=0)
+    flat = run_source(SourceConfig(**base, out=str(tmp_path / "flat")), model, tok)
+    fn = run_source(SourceConfig(**base, out=str(tmp_path / "fn"), kernel_view="function", bandwidth=0.3),
+                    model, tok)
+    assert not torch.allclose(fn.particles, flat.particles)
+    records = [json.loads(line) for line in (tmp_path / "fn" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["bandwidth"] == 0.3 and r["repulse_norm"] > 0 for r in records)
+    # the stated --bandwidth is a width between predictions; the target prior's is the parameters' median
+    assert fn.info["bandwidth"] == pytest.approx(_median_h(fn.particles), rel=1e-6)
+    for extra, message in (({"grad_accum": 2}, "leave out --grad-accum"), ({"particle_chunk": 1}, "--particle-chunk")):
+        with pytest.raises(BmtptError, match=message):
+            SourceConfig(**base, out=str(tmp_path / "bad"), kernel_view="function", **extra).validate()

@@ -10,6 +10,7 @@ import torch
 from scipy.special import logsumexp
 
 from bmtpt.svgd import (
+    function_terms,
     gaussian_log_density,
     kde_log_density,
     mean_pairwise_distance,
@@ -201,3 +202,39 @@ def test_repulsion_schedules_by_hand():
     assert [repulsion_weight("decay", s, steps) for s in range(1, 9)] == [1 - (s - 1) / 8 for s in range(1, 9)]
     with pytest.raises(ValueError, match="unknown repulsion schedule"):
         repulsion_weight("nope", 1, 8)
+
+
+def test_function_space_kernel_against_autograd_through_a_nonlinear_map():
+    """Kernel on f_i = tanh(W theta_i): drive = 1/M sum_j k(f_j, f_i) s_j; the repulsion, pulled back through
+    each particle's Jacobian, is J_i^T (1/M sum_j grad_{f_j} k(f_j, f_i)), built here pair by pair."""
+    g = torch.Generator().manual_seed(11)
+    theta = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    s = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 15, generator=g, dtype=torch.float64) / 3
+    fmap = lambda t: torch.tanh(w @ t.reshape(-1))  # noqa: E731
+    leaf = theta.clone().requires_grad_(True)
+    f = torch.stack([fmap(t) for t in leaf])
+    terms = function_terms(f.detach(), s)
+    assert terms.bandwidth == pytest.approx(_median_h(f.detach().numpy()))
+    (pulled,) = torch.autograd.grad((terms.repulse * f).sum(), leaf)
+    for i in range(4):
+        drive, r = torch.zeros(3, 5, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+        for j in range(4):
+            fj = f[j].detach().clone().requires_grad_(True)
+            k = torch.exp(-((fj - f[i].detach()) ** 2).sum() / terms.bandwidth)
+            (grad,) = torch.autograd.grad(k, fj)
+            drive += k.detach() * s[j]
+            r += grad
+        jac = torch.autograd.functional.jacobian(fmap, theta[i])  # (6, 3, 5)
+        torch.testing.assert_close(terms.drive[i], drive / 4)
+        torch.testing.assert_close(pulled[i], torch.einsum("b,bxy->xy", r / 4, jac))
+
+
+def test_function_space_kernel_on_the_identity_map_is_plain_svgd():
+    x, s = _random(5, 3)
+    plain, fn = svgd_terms(x, s), function_terms(x.reshape(5, -1), s)
+    torch.testing.assert_close(fn.drive, plain.drive)
+    torch.testing.assert_close(fn.repulse.reshape(x.shape), plain.repulse)
+    assert fn.bandwidth == plain.bandwidth
+    with pytest.raises(ValueError, match="must be \\(M, B\\)"):
+        function_terms(x, s)

@@ -109,9 +109,11 @@ class SourceConfig(CommonConfig):
     prior_std: float | None = opt(None, "std of the isotropic Gaussian prior log p(theta) (default: no prior)")
     bandwidth: float | None = opt(None, "RBF bandwidth h of exp(-d^2/h) (default: median heuristic each step; "
                                   "a one-particle run records none, so its target prior needs one stated)")
-    kernel_view: str = opt("flat", "what SVGD's kernel compares: flat (the whole prompt) or row-mean (each particle's "
-                           "mean token vector: a d-dimensional view where distances concentrate less)",
-                           ("flat", "row-mean"))
+    kernel_view: str = opt("flat", "what SVGD's kernel compares: flat (the whole prompt), row-mean (each particle's "
+                           "mean token vector: a d-dimensional view where distances concentrate less) or function "
+                           "(the particles' predictions: each batch example's log-likelihood; prompts that predict "
+                           "alike repel; one forward and two backward passes a step, all particles in one pass)",
+                           ("flat", "row-mean", "function"))
     task_weights: str | None = opt(None, "comma-separated weights, one per source task, multiplying each task's "
                                    "log-likelihood in the posterior (e.g. 1,1,0.5 to halve the third's pull)")
     repulsion: float = opt(1.0, "weight of SVGD's repulsive (kernel-gradient) term: 1 is plain SVGD; above 1 the "
@@ -154,6 +156,10 @@ class SourceConfig(CommonConfig):
         parse_likelihood_scale(self.likelihood_scale)
         if self.mixing != "temperature" and self.mixing_temperature != _default(SourceConfig, "mixing_temperature"):
             raise BmtptError(f"--mixing-temperature applies to --mixing temperature, not --mixing {self.mixing}")
+        if self.kernel_view == "function" and (self.grad_accum > 1 or self.particle_chunk not in (None,
+                                                                                                self.particles)):
+            raise BmtptError("--kernel-view function needs every particle's predictions on the whole batch before its "
+                             "backward passes: leave out --grad-accum and --particle-chunk")
         if self.interference_every < 0:
             raise BmtptError(f"--interference-every must be >= 0, got {self.interference_every}")
         if self.method == "independent":  # no kernel: each prompt follows its own task's gradient

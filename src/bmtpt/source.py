@@ -17,6 +17,7 @@ Every --checkpoint-every steps (and at the end) the whole run state goes to chec
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from .runfiles import save_posterior
 from .runs import load_model, load_split, make_optimizer
 from .session import RunSession
 from .svgd import (
+    SVGDTerms,
+    function_terms,
     mean_pairwise_distance,
     median_bandwidth,
     pairwise_sq_dists,
@@ -158,6 +161,39 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
     return -grad.detach(), losses
 
 
+def function_space_step(pm: PromptedModel, particles: Tensor, batch, groups: Tensor, num_tasks: int,
+                        weights: Tensor, prior_std: float | None, bandwidth: float | None,
+                        task_scores: Tensor | None = None) -> tuple[Tensor, SVGDTerms, Tensor]:
+    """(scores, SVGD terms with the kernel on the particles' predictions, per-particle per-task losses).
+
+    The features are each example's log-likelihood of its target under each particle (M, B): two prompts
+    that score the batch alike are close, however far apart their parameters. One forward pass over every
+    (particle, example) row, then two backward passes through it: the scores, and the feature-space
+    repulsion pulled back to the parameters (`svgd.function_terms`); the returned terms' `repulse` is in
+    parameter space. `task_scores` as in `particle_scores`.
+    """
+    m, b = particles.shape[0], len(groups)
+    leaf = particles.detach().requires_grad_(True)
+    counts = torch.zeros(num_tasks, device=groups.device).index_add(
+        0, groups, batch.target_mask.to(groups.device).sum(-1).float()).clamp_min(1)
+    nll, _ = pm.example_nll(leaf, batch)  # particle-major rows
+    flat = torch.arange(m, device=groups.device).repeat_interleave(b) * num_tasks + groups.repeat(m)
+    per = torch.zeros(m * num_tasks, device=nll.device).index_add(0, flat, nll.float()).view(m, num_tasks) / counts
+    w = weights.to(per.device)
+    log_post = -(per * w).sum()
+    if prior_std is not None:
+        log_post = log_post - (leaf.float() ** 2).sum() / (2 * prior_std**2)
+    if task_scores is not None:
+        for k in range(num_tasks):
+            (g_k,) = torch.autograd.grad(-(per[:, k] * w[k]).sum(), leaf, retain_graph=True)
+            task_scores[k] += g_k.detach().to(task_scores.dtype)
+    (scores,) = torch.autograd.grad(log_post, leaf, retain_graph=True)
+    features = -nll.view(m, b)
+    terms = function_terms(features.detach(), scores.detach(), bandwidth)
+    (pulled,) = torch.autograd.grad((terms.repulse.to(features.dtype) * features).sum(), leaf)
+    return scores.detach(), dataclasses.replace(terms, repulse=pulled.detach()), per.detach().float().cpu()
+
+
 def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     """Train M particles on the source tasks and write particles.safetensors + posterior.json to cfg.out.
 
@@ -214,14 +250,22 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
             fisher["sum"].copy_(ckpt.tensors["fisher_sum"].to(fisher["sum"].device))
             fisher["n"] = int(ckpt.state.get("fisher_n", 0))
 
+    if cfg.kernel_view == "function" and session.dist.active:
+        raise BmtptError("--kernel-view function compares every particle's predictions on the whole batch in one "
+                         "process; run it without torchrun")
     out = session.open(opt, restore)
     share = _share(session.dist, cfg.parallel, len(groups), cfg.particles)
     for step in session.steps(f"source ({cfg.method}, M={cfg.particles})"):
         batch = mixed_batch(encoded, samplers, per_task, pm.pad_id, pm.is_seq2seq)
         probe = not independent and len(tasks) > 1 and cfg.interference_every and step % cfg.interference_every == 0
         parts = torch.zeros(len(tasks), *particles.shape, device=particles.device) if probe else None
-        scores, losses = particle_scores(pm, particles, batch, groups, len(tasks), weights, cfg.prior_std,
-                                         independent, cfg.particle_chunk, cfg.grad_accum, task_scores=parts, **share)
+        if cfg.kernel_view == "function":  # the kernel needs every particle's predictions before the backward
+            scores, fterms, losses = function_space_step(pm, particles, batch, groups, len(tasks), weights,
+                                                         cfg.prior_std, cfg.bandwidth, parts)
+        else:
+            scores, losses = particle_scores(pm, particles, batch, groups, len(tasks), weights, cfg.prior_std,
+                                             independent, cfg.particle_chunk, cfg.grad_accum, task_scores=parts,
+                                             **share)
         session.dist.sum_(scores, losses, *([parts] if probe else []))  # every process: the whole step's scores
         # which source tasks pull the particles the same way, and which conflict (logged with the step's record)
         interference = ([[round(float(x), 6) for x in row] for row in task_interference(parts)] if probe else None)
@@ -233,7 +277,8 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
         if independent:
             phi, record = scores, {}
         else:
-            terms = svgd_terms(particles.detach(), scores, cfg.bandwidth, cfg.kernel_view)
+            terms = fterms if cfg.kernel_view == "function" else svgd_terms(particles.detach(), scores,
+                                                                             cfg.bandwidth, cfg.kernel_view)
             gamma = cfg.repulsion * repulsion_weight(cfg.repulsion_schedule, step, cfg.steps)
             phi, run["bandwidth"] = terms.drive + gamma * terms.repulse, terms.bandwidth
             record = {"bandwidth": terms.bandwidth, "repulsion": gamma,
@@ -269,7 +314,9 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     # The prior of the target stage uses the kernel width of the *final* particles. One particle has no
     # spread to measure, so its posterior records none (the median heuristic's fallback h = 1 is arbitrary
     # and would make the prior of an M = 1 ablation ~100x stronger than the M-particle run's).
-    info["bandwidth"] = cfg.bandwidth or (median_bandwidth(pairwise_sq_dists(final)) if len(final) > 1 else None)
+    # (a function-space kernel's --bandwidth is a width in prediction space: the prior's is the parameters')
+    stated = cfg.bandwidth if cfg.kernel_view != "function" else None
+    info["bandwidth"] = stated or (median_bandwidth(pairwise_sq_dists(final)) if len(final) > 1 else None)
     if dev:
         info["final_dev"] = final_dev_scores(pm, final.to(pm.device), tasks, dev, cfg.progress)
     # the initial particles go with the final ones: SPoT compares what training *moved* (final - initial)

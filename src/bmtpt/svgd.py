@@ -77,6 +77,35 @@ class SVGDTerms:
 KERNEL_VIEWS = ("flat", "row-mean")
 
 
+def _rbf_repulsion(x: Tensor, k: Tensor, h: float) -> Tensor:
+    """1/M sum_j grad_{x_j} k(x_j, x_i) for every i, (M, D), given the RBF kernel matrix k of the rows of x."""
+    # grad_{x_j} exp(-||x_j - x_i||^2 / h) = -(2/h) (x_j - x_i) k_ji; summed over j this is
+    # (2/h) (x_i sum_j k_ji - sum_j k_ji x_j).
+    return (2.0 / (h * x.shape[0])) * (k.sum(0)[:, None] * x - k.T @ x)
+
+
+def function_terms(features: Tensor, scores: Tensor, bandwidth: float | None = None) -> SVGDTerms:
+    """SVGD with the kernel on what the particles compute instead of on their parameters (function space).
+
+    `features[i]` is particle i's output on the step's examples (M, B), e.g. each example's log-likelihood.
+    The drive is 1/M sum_j k(f_j, f_i) s_j, in the shape of `scores`; `repulse` is returned in feature space,
+    (M, B): r_i = 1/M sum_j grad_{f_j} k(f_j, f_i). The caller pulls it back to the parameters through each
+    particle's Jacobian, J_i^T r_i = grad_theta_i (r_i . f_i) with r_i held fixed (as function-space SVGD does,
+    Wang et al. 2019): prompts that *predict* alike repel, however far apart their parameters lie.
+    """
+    if features.dim() != 2 or features.shape[0] != scores.shape[0]:
+        raise ValueError(f"features {tuple(features.shape)} must be (M, B) for the {scores.shape[0]} particles")
+    m = features.shape[0]
+    f = features.to(torch.float64)
+    sq = pairwise_sq_dists(f)
+    h = median_bandwidth(sq) if bandwidth is None else float(bandwidth)
+    if not h > 0:
+        raise ValueError(f"bandwidth must be positive, got {h}")
+    k = rbf_kernel(sq, h)
+    drive = k.T @ scores.reshape(m, -1).to(torch.float64) / m
+    return SVGDTerms(drive.reshape(scores.shape).to(scores.dtype), _rbf_repulsion(f, k, h), h, k, sq)
+
+
 def svgd_terms(particles: Tensor, scores: Tensor, bandwidth: float | None = None, view: str = "flat") -> SVGDTerms:
     """Compute the driving and repulsive parts of the SVGD direction separately (for logging).
 
@@ -100,9 +129,7 @@ def svgd_terms(particles: Tensor, scores: Tensor, bandwidth: float | None = None
     x = seen.reshape(m, -1).to(torch.float64)
     s = scores.reshape(m, -1).to(torch.float64)
     drive = k.T @ s / m
-    # grad_{x_j} exp(-||x_j - x_i||^2 / h) = -(2/h) (x_j - x_i) k_ji; summed over j this is
-    # (2/h) (x_i sum_j k_ji - sum_j k_ji x_j).
-    repulse = (2.0 / (h * m)) * (k.sum(0)[:, None] * x - k.T @ x)
+    repulse = _rbf_repulsion(x, k, h)
     if view == "row-mean":  # back through the mean: 1/rows of the view's gradient on every row
         rows = particles.shape[1]
         repulse = (repulse / rows)[:, None, :].expand(m, rows, repulse.shape[1])
