@@ -147,8 +147,25 @@ def test_the_loso_grid_keeps_the_transfer_benchmarks_settings():
 
     configs = ROOT / "benchmarks" / "configs"
     loso, transfer = (load_experiment(configs / f"{n}.yaml") for n in ("cpu-loso", "cpu-transfer"))
-    assert (loso.common, loso.source, loso.target, loso.seeds, loso.targets, loso.sources) == (
-        transfer.common, transfer.source, transfer.target, transfer.seeds, transfer.targets, transfer.sources)
+    assert (loso.common, loso.source, loso.target, loso.per_target, loso.seeds, loso.targets, loso.sources) == (
+        transfer.common, transfer.source, transfer.target, transfer.per_target, transfer.seeds, transfer.targets,
+        transfer.sources)
     assert loso.sources_dir == transfer.out + "/sources" and loso.shots == [16]
     assert {m.name: m.sources for m in loso.methods} == {
         f"bmtpt-no-{s}": [t for t in transfer.sources if t != s] for s in transfer.sources}
+
+
+def test_the_method_grid_shares_the_transfer_benchmarks_stages_and_dev_samples():
+    """cpu-method.yaml picks settings on dev: its dev samples and its plain bmtpt stage must be the benchmark's."""
+    from bmtpt.expconfig import load_experiment
+    from bmtpt.grid import plan_experiment
+
+    configs = ROOT / "benchmarks" / "configs"
+    method, transfer = (load_experiment(configs / f"{n}.yaml") for n in ("cpu-method", "cpu-transfer"))
+    assert (method.common, method.source, method.per_target, method.targets, method.sources) == (
+        transfer.common, transfer.source, transfer.per_target, transfer.targets, transfer.sources)
+    assert method.sources_dir == transfer.out + "/sources"
+    stages = {c.method: c.stage.cfg.out for c in plan_experiment(method).cells if c.stage}
+    assert stages["bmtpt"] == next(c.stage.cfg.out for c in plan_experiment(transfer).cells if c.method == "bmtpt")
+    dev = {k: v for k, v in method.target.items() if k != "max_eval_examples"}
+    assert dev == {k: v for k, v in transfer.target.items() if k != "max_eval_examples"}
