@@ -29,7 +29,15 @@ from bmtpt.stats import comparison_lines
 
 
 def _rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    """The latest record of each cell, of the targets and methods the grid now has (experiment.json): a
+    cell run again after its configuration changed (CR's dev sample) appends a record that supersedes it."""
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    spec = out / "experiment.json"
+    if spec.is_file():
+        exp = json.loads(spec.read_text())
+        names = {m["name"] for m in exp["methods"]}
+        rows = [r for r in rows if r["task"] in exp["targets"] and r["method"] in names]
+    return list({r["key"]: r for r in rows}.values())
 
 
 def paired(rows: list[dict], method: str, base: str) -> str | None:

@@ -169,3 +169,15 @@ def test_the_method_grid_shares_the_transfer_benchmarks_stages_and_dev_samples()
     assert stages["bmtpt"] == next(c.stage.cfg.out for c in plan_experiment(transfer).cells if c.method == "bmtpt")
     dev = {k: v for k, v in method.target.items() if k != "max_eval_examples"}
     assert dev == {k: v for k, v in transfer.target.items() if k != "max_eval_examples"}
+
+
+def test_grid_analysis_reads_the_latest_record_of_the_grids_cells(tmp_path):
+    ag = load_script("analyse_grid")
+    rec = lambda key, score: {"key": key, "method": key.split("|")[0], "task": key.split("|")[1],  # noqa: E731
+                              "test_score": score}
+    lines = [rec("pt|cr|seed=0|shots=16", 50.0), rec("pt|subj|seed=0|shots=16", 70.0),
+             rec("spot|cr|seed=0|shots=16", 60.0), rec("pt|cr|seed=0|shots=16", 65.0)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert len(ag._rows(tmp_path)) == 3  # no experiment.json: every cell, each at its latest record
+    (tmp_path / "experiment.json").write_text(json.dumps({"targets": ["cr"], "methods": [{"name": "pt"}]}))
+    assert ag._rows(tmp_path) == [rec("pt|cr|seed=0|shots=16", 65.0)]
