@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Diagnostics of a finished (or partial) `bmtpt experiment` folder, as markdown: what the averages hide.
 
+    python benchmarks/analyse_grid.py runs/cpu-transfer --config benchmarks/configs/cpu-transfer.yaml
     python benchmarks/analyse_grid.py runs/cpu-smollm2 > benchmarks/results/cpu-smollm2/analysis.md
 
 1. Paired differences: each method against `pt` (and `bmtpt` against `avg`) on the same (task, seed,
@@ -12,6 +13,10 @@
 3. Each source stage's task losses at its first and last logged step, and for SVGD the kernel width,
    the particles' mean distance and the repulsion's size against the drive's (why M particles behave
    like M independent runs when the repulsion is a small fraction of the drive).
+4. The prior's reach, for every cell that trained under a source prior (logged `log_prior`): how far the
+   selected target prompt lies from the particles' mean against the particles' own spread and the kernel
+   width sqrt(h), and how much log p(theta | sources) changed over training. A target prompt that stays
+   inside the particle cloud meets a nearly flat kernel density: the prior cannot restrain it.
 """
 
 from __future__ import annotations
@@ -28,10 +33,18 @@ from scipy.stats import binomtest
 from bmtpt.stats import comparison_lines
 
 
-def _rows(out: Path) -> list[dict]:
-    """The latest record of each cell, of the targets and methods the grid now has (experiment.json): a
-    cell run again after its configuration changed (CR's dev sample) appends a record that supersedes it."""
+def _rows(out: Path, config: str | None = None) -> list[dict]:
+    """The records of the grid's cells. With the experiment's `config`, each cell's latest record made with
+    its current configuration (as results.md takes them: a record whose cell changed since, such as CR's
+    before its dev sample mirrored the test's, is left out). Without, the latest record of each cell of
+    the targets and methods the grid has now (experiment.json)."""
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    if config is not None:
+        from bmtpt.expconfig import load_experiment
+        from bmtpt.experiment import current_records
+        from bmtpt.grid import plan_experiment
+
+        return current_records(plan_experiment(load_experiment(config)), rows)
     spec = out / "experiment.json"
     if spec.is_file():
         exp = json.loads(spec.read_text())
@@ -61,11 +74,14 @@ def paired(rows: list[dict], method: str, base: str) -> str | None:
 
 def main(argv: list[str]) -> int:
     """Print the diagnostics of the experiment folder argv[0]."""
-    if len(argv) != 1 or not (Path(argv[0]) / "results.jsonl").is_file():
-        print("usage: analyse_grid.py EXPERIMENT_OUT_FOLDER (one holding results.jsonl)", file=sys.stderr)
+    config = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    folders = [a for a in argv if a != "--config" and a != config]
+    if len(folders) != 1 or not (Path(folders[0]) / "results.jsonl").is_file():
+        print("usage: analyse_grid.py EXPERIMENT_OUT_FOLDER [--config EXPERIMENT.yaml] (a folder holding "
+              "results.jsonl; the config keeps only records of the cells' current settings)", file=sys.stderr)
         return 2
-    out = Path(argv[0])
-    rows = _rows(out)
+    out = Path(folders[0])
+    rows = _rows(out, config)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     print(f"# Diagnostics of {out.name} ({len(rows)} cells)\n")
     print("## Paired differences of test scores (same task, seed and shots)\n")
@@ -112,7 +128,39 @@ def main(argv: list[str]) -> int:
         bw = f"{last['bandwidth']:.1f}" if svgd else "-"
         dist = f"{last['mean_distance']:.2f}" if svgd else "-"
         print(f"| {d.parent.name} | {first['step']} → {last['step']} | {losses} | {bw} | {dist} | {rep} |")
+    reach = [line for r in rows if (line := prior_reach(out, r))]
+    if reach:
+        print("\n## The prior's reach (cells trained under a source prior)\n")
+        print("| cell | best step | selected prompt to the particles' mean | particles to their mean | sqrt(h) "
+              "| log prior, first → last logged |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(reach))
     return 0
+
+
+def prior_reach(out: Path, record: dict) -> str | None:
+    """One row of section 4 for a cell whose log records a prior (None for the others)."""
+    import yaml
+    from safetensors.torch import load_file
+
+    cell = out / record["run_dir"]
+    if not (cell / "metrics.jsonl").is_file():
+        return None
+    logs = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    priors = [r["log_prior"] for r in logs if r.get("log_prior")]
+    if not priors or not (cell / "prompt.safetensors").is_file():
+        return None
+    posterior = Path(yaml.safe_load((cell / "config.yaml").read_text())["posterior"])
+    if not posterior.is_absolute():  # recorded relative to where the grid ran (the repository root)
+        posterior = out.parent.parent / posterior if not posterior.exists() else posterior
+    particles = load_file(str(posterior / "particles.safetensors"))["particles"].double()
+    h = json.loads((posterior / "posterior.json").read_text())["bandwidth"]
+    mean = particles.mean(0)
+    prompt = load_file(str(cell / "prompt.safetensors"))["prompt"].double()
+    spread = [float((p - mean).norm()) for p in particles]
+    key = record["key"].replace("|", "\\|")  # a table cell
+    return (f"| {key} | {record['best_step']} | {float((prompt - mean).norm()):.1f} | "
+            f"{min(spread):.1f}-{max(spread):.1f} | {math.sqrt(h):.1f} | {priors[0]:.2f} → {priors[-1]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -181,3 +181,26 @@ def test_grid_analysis_reads_the_latest_record_of_the_grids_cells(tmp_path):
     assert len(ag._rows(tmp_path)) == 3  # no experiment.json: every cell, each at its latest record
     (tmp_path / "experiment.json").write_text(json.dumps({"targets": ["cr"], "methods": [{"name": "pt"}]}))
     assert ag._rows(tmp_path) == [rec("pt|cr|seed=0|shots=16", 65.0)]
+
+
+def test_the_priors_reach_by_hand(tmp_path):
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+
+    ag = load_script("analyse_grid")
+    post, cell = tmp_path / "sources" / "svgd", tmp_path / "cells" / "bmtpt"
+    post.mkdir(parents=True)
+    cell.mkdir(parents=True)
+    particles = torch.tensor([[[0.0, 0.0]], [[6.0, 0.0]], [[0.0, 8.0]]])  # mean (2, 8/3)
+    save_file({"particles": particles}, str(post / "particles.safetensors"))
+    (post / "posterior.json").write_text(json.dumps({"bandwidth": 16.0}))
+    save_file({"prompt": torch.tensor([[2.0, 8 / 3 + 3.0]])}, str(cell / "prompt.safetensors"))  # 3 from the mean
+    (cell / "config.yaml").write_text(yaml.safe_dump({"posterior": str(post)}))
+    logs = [{"step": 0, "dev/score": 50.0}, {"step": 5, "log_prior": -0.5}, {"step": 10, "log_prior": -0.75}]
+    (cell / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logs))
+    row = ag.prior_reach(tmp_path, {"key": "bmtpt|mr", "best_step": 10, "run_dir": "cells/bmtpt"})
+    # distances of the particles to their mean: sqrt(4 + 64/9) = 3.3, sqrt(16 + 64/9) = 4.8, sqrt(4 + 256/9) = 5.7
+    assert row == "| bmtpt\\|mr | 10 | 3.0 | 3.3-5.7 | 4.0 | -0.50 → -0.75 |"
+    (cell / "metrics.jsonl").write_text(json.dumps({"step": 5, "log_prior": 0.0}) + "\n")  # pt / avg: no prior
+    assert ag.prior_reach(tmp_path, {"key": "pt|mr", "best_step": 10, "run_dir": "cells/bmtpt"}) is None
