@@ -267,6 +267,16 @@ def test_a_method_can_be_limited_to_some_few_shot_settings(tmp_path):
         load_experiment(_config(tmp_path / "bad", shots=[4], methods=[{"name": "pt", "shots": [8]}]))
 
 
+def test_a_method_can_be_limited_to_some_seeds(tmp_path):
+    cfg = _config(tmp_path / "exp", seeds=[0, 1, 2], source={"steps": 2, "particles": 2, "per_seed": True},
+                  methods=["pt", {"name": "bmtpt", "seeds": [1]}])
+    plan = plan_experiment(load_experiment(cfg))
+    assert sorted((c.method, c.seed) for c in plan.cells) == [("bmtpt", 1), ("pt", 0), ("pt", 1), ("pt", 2)]
+    assert [s.seed for s in plan.stages.values()] == [1]  # no stage for the seeds it does not run
+    with pytest.raises(BmtptError, match="lists seeds \\[3\\] outside the grid"):
+        load_experiment(_config(tmp_path / "bad", methods=[{"name": "pt", "seeds": [3]}]))
+
+
 def test_a_method_can_have_its_own_sources(tmp_path):
     cfg = _config(tmp_path / "exp", sources=["synth-sentiment", "synth-animal", "synth-past"],
                   methods=["avg", "bmtpt", {"name": "bmtpt-no-past", "base": "bmtpt",

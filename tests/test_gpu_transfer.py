@@ -75,10 +75,10 @@ def test_gpu_config_scales_the_cpu_design(gt, tmp_path):
     assert (exp.name, exp.model, exp.device) == ("gpu-transfer", "smollm2-135m", "cuda")
     later = [m for m in cpu["methods"] if isinstance(m, dict) and m["name"] in gt.LATER_METHODS]
     assert cfg["methods"] == [m for m in cpu["methods"] if m not in later] and later  # ATTEMPT joined later
-    for key in ("sources", "targets", "seeds", "shots"):
+    for key in ("sources", "targets", "seeds", "shots", "per_target"):
         assert cfg[key] == cpu[key], key
     cpu_plan = plan_experiment(load_experiment(ROOT / "benchmarks" / "configs" / "cpu-transfer.yaml"))
-    assert len(plan.cells) == 81 == len(cpu_plan.cells) - 9 and len(plan.stages) == 3
+    assert len(plan.cells) == 81 == len(cpu_plan.cells) - 9 - 6 and len(plan.stages) == 3  # less ATTEMPT, ensembles
     assert exp.sources_dir is None  # the source stages live under the out folder
     assert all(Path(s.cfg.out).parent == tmp_path / "gpu-transfer" / "sources" for s in plan.stages.values())
     assert all(c.target.precision == "bf16" and c.target.max_eval_examples is None for c in plan.cells)

@@ -44,14 +44,15 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 @dataclass
 class MethodSpec:
     """One grid method: a name, the built-in base it runs, its overrides {source, target, spot, mpt}, the
-    few-shot settings it runs in (None: all of the grid's `shots`) and its own source tasks (None: the
-    grid's `sources`; e.g. a leave-one-source-out ablation)."""
+    few-shot settings and seeds it runs in (None: all of the grid's `shots` / `seeds`) and its own source
+    tasks (None: the grid's `sources`; e.g. a leave-one-source-out ablation)."""
 
     name: str
     base: str
     overrides: dict = field(default_factory=dict)
     shots: list | None = None
     sources: list[str] | None = None
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -193,10 +194,10 @@ def _methods(where: str, raw) -> list[MethodSpec]:
             item = {"name": item}
         if not isinstance(item, dict):
             fail(at, "must be a method name or a mapping {name, base, overrides}")
-        extra = set(item) - {"name", "base", "overrides", "shots", "sources"}
+        extra = set(item) - {"name", "base", "overrides", "shots", "sources", "seeds"}
         if extra:
             fail(at, f"unknown key(s) {', '.join(sorted(map(str, extra)))} (expected name, base, overrides, shots, "
-                 "sources)")
+                 "seeds, sources)")
         name = item.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             fail(at, f"name must be a folder-safe string (letters, digits, _ . + -), got {name!r}")
@@ -225,7 +226,8 @@ def _methods(where: str, raw) -> list[MethodSpec]:
             if STAGE_KIND[base] is None:
                 fail(at, f"method {name!r} (base {base}) has no source stage to give sources")
             own = _task_list(f"{at}.sources", item["sources"], allow_split=True)
-        specs.append(MethodSpec(name, base, parsed, only, own))
+        seeds = _int_list(f"{at}.seeds", item["seeds"], False) if "seeds" in item else None
+        specs.append(MethodSpec(name, base, parsed, only, own, seeds))
     names = [s.name for s in specs]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
@@ -316,4 +318,6 @@ def load_experiment(config: str | Path | dict) -> ExperimentConfig:
     for spec in exp.methods:
         if spec.shots is not None and set(spec.shots) - set(exp.shots):
             fail(f"{where}: methods", f"method {spec.name!r} lists shots {spec.shots} outside the grid's {exp.shots}")
+        if spec.seeds is not None and set(spec.seeds) - set(exp.seeds):
+            fail(f"{where}: methods", f"method {spec.name!r} lists seeds {spec.seeds} outside the grid's {exp.seeds}")
     return exp

@@ -115,11 +115,13 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
     names = {spec.name: spec for spec in exp.methods}
     for seed in exp.seeds:
         # each method's source stage for this seed (stages with the same configuration are shared)
-        stage_of = {spec.name: _stage(exp, spec, seed, run, source_root, stages) for spec in exp.methods}
+        stage_of = {spec.name: _stage(exp, spec, seed, run, source_root, stages) for spec in exp.methods
+                    if spec.seeds is None or seed in spec.seeds}
         for shots in exp.shots:
             for spec in exp.methods:
-                if spec.shots is not None and shots not in spec.shots:
-                    continue  # the method runs in other few-shot settings only
+                if (spec.shots is not None and shots not in spec.shots) or (spec.seeds is not None
+                                                                           and seed not in spec.seeds):
+                    continue  # the method runs in other few-shot settings or seeds only
                 stage = stage_of[spec.name]
                 for task in exp.targets:
                     # options of the global sections that this method does not use (a target run trains one
@@ -132,7 +134,7 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
                               "seed": seed, "posterior": str(stage.cfg.out) if stage else None}
                     borrowed = None
                     if values.get("prior_bandwidth_from") in names:  # a method of the grid: its stage's folder
-                        borrowed = stage_of[values["prior_bandwidth_from"]]
+                        borrowed = stage_of.get(values["prior_bandwidth_from"])
                         if borrowed is None:
                             fail(f"method {spec.name}", f"prior_bandwidth_from names method "
                                   f"{values['prior_bandwidth_from']!r}, which has no source stage")
