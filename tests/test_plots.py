@@ -77,3 +77,10 @@ def test_calibration_table_averages_the_cells_that_recorded_it(tmp_path):
     assert lines[0].startswith("## Calibration") and len([x for x in lines if x.startswith("| pt |")]) == 1
     assert "| pt | full | 2 | 60.5 | 1.000 | 15.0 | 70.0 |" in lines and not any("| bmtpt |" in x for x in lines)
     assert calibration_lines(plan.exp, records[2:]) == []
+    assert not any(x.startswith("On the cells") for x in lines)  # one calibrated method: nothing to pair
+    # bmtpt calibrated on seed 0 only: the second table compares both on that seed's cell
+    records[2]["test_calibration"] = {"accuracy": 65.0, "nll": 0.4, "ece": 4.0, "acc_at_80": 75.0}
+    lines = calibration_lines(plan.exp, records)
+    shared = lines[lines.index("On the cells every method above shares (the same targets and seeds):"):]
+    assert "| pt | full | 1 | 60.0 | 0.500 | 10.0 | 70.0 |" in shared
+    assert "| bmtpt | full | 1 | 65.0 | 0.400 | 4.0 | 75.0 |" in shared

@@ -226,22 +226,31 @@ def source_dev_lines(plan: Plan) -> list[str]:
 
 def calibration_lines(exp, records: list[dict]) -> list[str]:
     """Markdown: per method and few-shot setting, the test calibration (accuracy, NLL, ECE, accuracy at 80 %
-    coverage) averaged over its cells (those that recorded it: rank-classified targets)."""
-    rows = []
+    coverage) averaged over its cells (those that recorded it: rank-classified targets). Where the methods
+    ran on different cells (one limited to some seeds), a second table compares them on the cells (task,
+    seed) that all of them share, so that no method's average gains or loses from its own seeds."""
+    def row(name: str, shots, cal: list[dict]) -> str:
+        mean = {k: statistics.mean(c[k] for c in cal) for k in ("accuracy", "nll", "ece", "acc_at_80")}
+        return (f"| {name} | {shots_label(shots)} | {len(cal)} | {mean['accuracy']:.1f} | {mean['nll']:.3f} | "
+                f"{mean['ece']:.1f} | {mean['acc_at_80']:.1f} |")
+
+    rows, shared = [], []
     for shots in exp.shots:
-        for spec in exp.methods:
-            cal = [r["test_calibration"] for r in records
-                   if r["method"] == spec.name and r["shots"] == shots and r.get("test_calibration")]
-            if cal:
-                mean = {k: statistics.mean(c[k] for c in cal) for k in ("accuracy", "nll", "ece", "acc_at_80")}
-                rows.append(f"| {spec.name} | {shots_label(shots)} | {len(cal)} | {mean['accuracy']:.1f} | "
-                            f"{mean['nll']:.3f} | {mean['ece']:.1f} | {mean['acc_at_80']:.1f} |")
+        cells = {spec.name: {(r["task"], r["seed"]): r["test_calibration"] for r in records
+                             if r["method"] == spec.name and r["shots"] == shots and r.get("test_calibration")}
+                 for spec in exp.methods}
+        cells = {name: c for name, c in cells.items() if c}
+        rows += [row(name, shots, list(c.values())) for name, c in cells.items()]
+        common = set.intersection(*(set(c) for c in cells.values())) if cells else set()
+        if common and any(set(c) != common for c in cells.values()):
+            shared += [row(name, shots, [c[k] for k in sorted(common)]) for name, c in cells.items()]
     if not rows:
         return []
+    head = ["| method | shots | cells | accuracy | NLL | ECE | acc @ 80 % |", "|---|---|---|---|---|---|---|"]
+    paired = ["On the cells every method above shares (the same targets and seeds):", "", *head, *shared, ""]
     return ["## Calibration of the test predictions (mean over cells)", "",
             "NLL of the gold label under the label-word softmax; ECE over 15 confidence bins; accuracy on the 80 % "
-            "most confident predictions.", "", "| method | shots | cells | accuracy | NLL | ECE | acc @ 80 % |",
-            "|---|---|---|---|---|---|---|", *rows, ""]
+            "most confident predictions.", "", *head, *rows, "", *(paired if shared else [])]
 
 
 def _machine(out: Path) -> str:
