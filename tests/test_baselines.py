@@ -189,3 +189,24 @@ def test_spot_probe_on_a_source_task_picks_that_tasks_prompt(tmp_path_factory, t
         chosen, sims, probe, passes = spot_choose(str(out), particles, cfg, 4, "flat", model, tok)
         assert chosen == k and sims[k] > sims[1 - k] + 0.2
         assert passes in (64, 3 * 64)  # the source embeddings (2 probes) are paid for once, then read from the folder
+
+
+def test_mpt_config_has_no_svgd_options_and_a_grid_leaves_them_out(tmp_path):
+    """MPT's stage config holds the multi-task options only; a global `source:` SVGD option reaches the SVGD
+    stage and stays out of MPT's (it is still part of MPT's stage hash: finished stages keep their folders)."""
+    import dataclasses
+
+    from bmtpt.config import MultiTaskConfig, SourceConfig
+    from bmtpt.expconfig import load_experiment
+    from bmtpt.grid import plan_experiment
+
+    mpt = {f.name for f in dataclasses.fields(MptConfig)}
+    multi = {f.name for f in dataclasses.fields(MultiTaskConfig)}
+    assert mpt == multi | {"method", "particles", "lr_factor", "factor_init"}
+    assert not mpt & ({f.name for f in dataclasses.fields(SourceConfig)} - multi - {"method", "particles"})
+    raw = {"name": "g", "out": str(tmp_path), "model": "tiny-llama", "sources": ["synth-sentiment", "synth-animal"],
+           "targets": ["synth-product"], "methods": ["mpt", "bmtpt"], "source": {"steps": 2, "repulsion": 3.0}}
+    stages = {s.kind: s for s in plan_experiment(load_experiment(raw)).stages.values()}
+    assert stages["svgd"].cfg.repulsion == 3.0 and isinstance(stages["mpt"].cfg, MptConfig)
+    plain = {s.kind: s.key for s in plan_experiment(load_experiment({**raw, "source": {"steps": 2}})).stages.values()}
+    assert plain["mpt"] != stages["mpt"].key

@@ -164,6 +164,8 @@ def test_method_variants_share_or_split_source_stages(tmp_path):
     ({"per_target": {"synth-product": {"task": "x"}}}, "per_target.synth-product: unknown key 'task'"),
     ({"per_target": {"synth-product": {"dev_sample": "sorted"}}}, "dev_sample must be one of random, test-mix"),
     ({"per_target": ["synth-product"]}, "must map target tasks to options"),
+    ({"methods": [{"name": "x", "base": "mpt", "overrides": {"source": {"repulsion": 2.0}}}]},
+     "MPT's source stage has no repulsion"),
 ])
 def test_bad_configs_give_one_line_errors(tmp_path, change, message):
     with pytest.raises(BmtptError, match=message) as e:

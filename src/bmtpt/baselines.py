@@ -31,7 +31,7 @@ from torch import Tensor
 from . import __version__
 from .backbone import load_backbone
 from .checkpoint import Checkpoint
-from .config import SourceConfig, TargetConfig, opt
+from .config import MultiTaskConfig, TargetConfig, opt
 from .data import EpochSampler, select_rows
 from .errors import BmtptError
 from .prompted import PromptedModel, mean_loss_by_group
@@ -51,8 +51,9 @@ PROBE_SEED_OFFSET = 1_000_003
 
 
 @dataclass
-class MptConfig(SourceConfig):
-    """Source stage of the MPT baseline: a shared prompt with rank-one multiplicative task factors."""
+class MptConfig(MultiTaskConfig):
+    """Source stage of the MPT baseline: a shared prompt with rank-one multiplicative task factors (the
+    multi-task options of every source stage, none of SVGD's)."""
 
     method: str = opt("mpt", "always mpt (the shared prompt is written as the posterior's single particle)")
     particles: int = opt(1, "always 1: the shared prompt")
@@ -67,8 +68,8 @@ class MptConfig(SourceConfig):
             raise BmtptError(f"mpt lr_factor must be positive, got {self.lr_factor}")
         if self.factor_init not in ("ones", "normal"):
             raise BmtptError(f"mpt factor_init must be ones or normal, got {self.factor_init!r}")
-        if self.parallel != "data":
-            raise BmtptError("MPT's source stage trains one shared prompt: it runs data-parallel only")
+        if (self.method, self.particles) != ("mpt", 1):
+            raise BmtptError("MPT's source stage trains one shared prompt (method mpt, particles 1)")
 
 
 def task_prompts(shared: Tensor, u: Tensor, v: Tensor) -> Tensor:

@@ -90,19 +90,37 @@ class CommonConfig:
 
 
 @dataclass
-class SourceConfig(CommonConfig):
-    """`bmtpt source`: SVGD over the global posterior of the prompt given all source tasks."""
+class MultiTaskConfig(CommonConfig):
+    """Options of every stage that trains on all source tasks at once: SVGD, independent prompts, MPT."""
 
     tasks: str = opt("", "comma-separated source tasks (required), e.g. mnli,qnli,qqp,sst2,squad,record")
-    particles: int = opt(5, "number of SVGD particles M (whole prompts)")
     steps: int = opt(1000, "optimisation steps")
-    method: str = opt("svgd", "svgd: one posterior over all tasks; independent: particle k trained on task k "
-                      "alone (the averaged-prompts baseline needs M = number of tasks)", ("svgd", "independent"))
     init: str = opt("vocab", "prompt init: vocab (an independent draw per particle) | vocab-shared:S (one draw "
                     "for all, plus noise of S x the embeddings' std) | uniform | text:WORDS | "
                     "file:PATH.safetensors | peft:ADAPTER_DIR (particle 0; the others vocab)")
     mixing: str = opt("proportional", "per-task share of each batch", ("proportional", "temperature", "equal"))
     mixing_temperature: float = opt(2.0, "T of temperature mixing: share proportional to N_k^(1/T)")
+
+    def validate(self) -> None:
+        """Raise BmtptError on values that cannot work."""
+        super().validate()
+        if not self.tasks:
+            raise BmtptError("--tasks is required (comma-separated task names; `bmtpt tasks` lists them)")
+        if self.steps <= 0:
+            raise BmtptError(f"--steps must be positive, got {self.steps}")
+        if not self.mixing_temperature > 0:
+            raise BmtptError(f"--mixing-temperature must be positive, got {self.mixing_temperature}")
+        if self.mixing != "temperature" and self.mixing_temperature != _default(MultiTaskConfig, "mixing_temperature"):
+            raise BmtptError(f"--mixing-temperature applies to --mixing temperature, not --mixing {self.mixing}")
+
+
+@dataclass
+class SourceConfig(MultiTaskConfig):
+    """`bmtpt source`: SVGD over the global posterior of the prompt given all source tasks."""
+
+    particles: int = opt(5, "number of SVGD particles M (whole prompts)")
+    method: str = opt("svgd", "svgd: one posterior over all tasks; independent: particle k trained on task k "
+                      "alone (the averaged-prompts baseline needs M = number of tasks)", ("svgd", "independent"))
     likelihood_scale: str = opt("mean", "how a task's minibatch mean loss becomes log p(D_k|theta): 'mean' "
                                 "(x1: a tempered posterior where SVGD's repulsion stays visible), 'dataset' "
                                 "(x N_k: the exact posterior, where repulsion is negligible) or a number")
@@ -137,25 +155,18 @@ class SourceConfig(CommonConfig):
     def validate(self) -> None:
         """Raise BmtptError on values that cannot work."""
         super().validate()
-        if not self.tasks:
-            raise BmtptError("--tasks is required (comma-separated task names; `bmtpt tasks` lists them)")
-        for name in ("particles", "steps"):
-            if getattr(self, name) <= 0:
-                raise BmtptError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.particles <= 0:
+            raise BmtptError(f"--particles must be positive, got {self.particles}")
         if self.prior_std is not None and not self.prior_std > 0:
             raise BmtptError(f"--prior-std must be positive, got {self.prior_std}")
         if self.bandwidth is not None and not self.bandwidth > 0:
             raise BmtptError(f"--bandwidth must be positive, got {self.bandwidth}")
-        if not self.mixing_temperature > 0:
-            raise BmtptError(f"--mixing-temperature must be positive, got {self.mixing_temperature}")
         parse_task_weights(self.task_weights)
         if not 0 <= self.repulsion < float("inf"):
             raise BmtptError(f"--repulsion must be a non-negative number, got {self.repulsion}")
         if self.final_eval_examples < 0:
             raise BmtptError(f"--final-eval-examples must be >= 0, got {self.final_eval_examples}")
         parse_likelihood_scale(self.likelihood_scale)
-        if self.mixing != "temperature" and self.mixing_temperature != _default(SourceConfig, "mixing_temperature"):
-            raise BmtptError(f"--mixing-temperature applies to --mixing temperature, not --mixing {self.mixing}")
         if self.kernel_view == "function" and (self.grad_accum > 1 or self.particle_chunk not in (None,
                                                                                                 self.particles)):
             raise BmtptError("--kernel-view function needs every particle's predictions on the whole batch before its "

@@ -35,6 +35,9 @@ COMMON_KEYS = {f.name for f in dataclasses.fields(CommonConfig)} - RUN_KEYS
 SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceConfig)} - RUN_KEYS - {"tasks", "method"}
 TARGET_KEYS = {f.name for f in dataclasses.fields(TargetConfig)} - RUN_KEYS - {"task", "posterior", "method"}
 MPT_KEYS = {"lr_factor", "factor_init"}
+# what an MPT source stage reads of the `source:` options (the rest are SVGD's: a global `source:` sets them for
+# the SVGD stages, a method's own overrides may not set them for MPT)
+MPT_STAGE_KEYS = {f.name for f in dataclasses.fields(MptConfig)} - RUN_KEYS
 SPOT_DEFAULTS = {"steps": 20, "pool": "flat"}
 # options that do not change a run's numbers (declared once, in bmtpt.config; the resume check uses them too)
 HASH_SKIP = result_neutral_options()
@@ -110,7 +113,7 @@ def _check_value(where: str, key: str, value, hint, choices):
     return value
 
 
-def _section(where: str, raw, allowed: set[str], cls=MptConfig) -> dict:
+def _section(where: str, raw, allowed: set[str], cls=SourceConfig) -> dict:
     """A mapping of options checked against `allowed` names and the types of `cls`'s fields."""
     if raw is None:
         return {}
@@ -210,7 +213,7 @@ def _methods(where: str, raw) -> list[MethodSpec]:
         parsed = {"source": _section(f"{at}.overrides.source", ov.get("source"), SOURCE_KEYS),
                   "target": _section(f"{at}.overrides.target", ov.get("target"), TARGET_KEYS, TargetConfig),
                   "spot": _spot(f"{at}.overrides.spot", ov.get("spot"), {}),
-                  "mpt": _section(f"{at}.overrides.mpt", ov.get("mpt"), MPT_KEYS)}
+                  "mpt": _section(f"{at}.overrides.mpt", ov.get("mpt"), MPT_KEYS, MptConfig)}
         clash = {k for k, v in parsed["target"].items() if FIXED_TARGET[base].get(k, v) != v}
         if clash:
             fail(at, f"method {name!r} (base {base}) fixes target option(s) {', '.join(sorted(clash))}")
@@ -218,6 +221,9 @@ def _methods(where: str, raw) -> list[MethodSpec]:
             fail(at, f"method {name!r} (base {base}) has no source stage to override")
         if "particles" in parsed["source"] and base != "bmtpt":
             fail(at, f"method {name!r} (base {base}) fixes the number of source prompts")
+        svgd_only = sorted(set(parsed["source"]) - MPT_STAGE_KEYS) if STAGE_KIND[base] == "mpt" else []
+        if svgd_only:
+            fail(at, f"method {name!r} (base mpt): MPT's source stage has no {', '.join(svgd_only)} (SVGD options)")
         if (parsed["spot"] and base != "spot") or (parsed["mpt"] and base != "mpt"):
             fail(at, f"method {name!r} (base {base}): spot/mpt overrides apply only to those bases")
         only = _int_list(f"{at}.shots", item["shots"], True) if "shots" in item else None
@@ -314,7 +320,7 @@ def load_experiment(config: str | Path | dict) -> ExperimentConfig:
         seeds=_int_list(f"{where}: seeds", raw.get("seeds", [0]), False),
         shots=_int_list(f"{where}: shots", raw.get("shots", [None]), True),
         spot=_spot(f"{where}: spot", raw.get("spot"), SPOT_DEFAULTS),
-        mpt=_section(f"{where}: mpt", raw.get("mpt"), MPT_KEYS))
+        mpt=_section(f"{where}: mpt", raw.get("mpt"), MPT_KEYS, MptConfig))
     for spec in exp.methods:
         if spec.shots is not None and set(spec.shots) - set(exp.shots):
             fail(f"{where}: methods", f"method {spec.name!r} lists shots {spec.shots} outside the grid's {exp.shots}")

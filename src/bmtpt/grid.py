@@ -7,6 +7,7 @@ numbers (not those marked result-neutral in bmtpt.config), so a rerun skips exac
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from .errors import BmtptError
 from .expconfig import FIXED_TARGET, HASH_SKIP, STAGE_KIND, ExperimentConfig, MethodSpec, fail
 from .methods import METHODS
 from .tasks import get_task
+
+MPT_FIELDS = {f.name for f in dataclasses.fields(MptConfig)}
 
 
 @dataclass
@@ -97,6 +100,8 @@ def _stage(exp: ExperimentConfig, spec: MethodSpec, seed: int, run: dict, source
         cls = MptConfig
         values.update(method="mpt", particles=1, **exp.mpt, **spec.overrides["mpt"])
     key = f"{kind}-s{s_seed}-{config_hash(values, kind=kind)}"
+    if cls is MptConfig:  # the global `source:` section's SVGD options are not MPT's (they stay in the hash)
+        values = {k: v for k, v in values.items() if k in MPT_FIELDS}
     if key not in stages:
         values["out"] = str(source_root / key)
         stages[key] = Stage(key, kind, s_seed, _build(cls, values, f"method {spec.name}: source"))
