@@ -330,10 +330,33 @@ def test_methods_option_runs_only_those_cells_and_reports_all_finished(tmp_path,
     lines = []
     first = run_experiment(cfg, *tiny_llama, plots=False, methods=["pt"], echo=lines.append)
     assert counter.calls == 1 and [r["method"] for r in first.records] == ["pt"]
-    assert "1 to run, 1 of other methods left for later" in lines[0]
+    assert "1 to run, 1 of other methods or shots left for later" in lines[0]
     assert not (tmp_path / "exp" / "sources").exists()  # bmtpt's source stage waits with its cells
     second = run_experiment(cfg, *tiny_llama, plots=False, echo=None)
     assert counter.calls == 2 and [r["method"] for r in second.records] == ["pt", "bmtpt"]
+
+
+def test_shots_option_runs_only_those_settings(tmp_path, tiny_llama, monkeypatch):
+    cfg = _config(tmp_path / "exp", seeds=[0], shots=[4, None], methods=["pt"])
+    counter = _Counting()
+    monkeypatch.setattr(experiment, "run_target", counter)
+    lines = []
+    first = run_experiment(cfg, *tiny_llama, plots=False, shots=[4], echo=lines.append)
+    assert counter.calls == 1 and [r["shots"] for r in first.records] == [4]
+    assert "1 to run, 1 of other methods or shots left for later" in lines[0]
+    second = run_experiment(cfg, *tiny_llama, plots=False, shots=[None], echo=None)
+    assert counter.calls == 2 and sorted(r["shots"] or 0 for r in second.records) == [0, 4]
+
+
+def test_shots_option_is_parsed_and_unknown_settings_refused(tmp_path, capsys):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path / "exp", shots=[4, None])))
+    assert main(["experiment", str(path), "--shots", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--shots: 8 is not a setting of grid (its shots: 4, full)" in err
+    with pytest.raises(SystemExit) as e:
+        main(["experiment", str(path), "--shots", "few"])
+    assert e.value.code == 2 and "'few' is not a positive number or full" in capsys.readouterr().err
 
 
 def test_methods_option_refuses_unknown_names(tmp_path, capsys):

@@ -53,6 +53,19 @@ def _number(kind):
     return parse
 
 
+def _shots_list(text: str) -> list[int | None]:
+    """'16,full' -> [16, None] (the argparse type of `bmtpt experiment --shots`)."""
+    out: list[int | None] = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        if item == "full":
+            out.append(None)
+        elif item.isdigit() and int(item) > 0:
+            out.append(int(item))
+        else:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a positive number or full")
+    return out
+
+
 def _name_list(text: str) -> list[str]:
     """'pt,avg, bmtpt' -> ['pt', 'avg', 'bmtpt'] (empty items dropped)."""
     return [name.strip() for name in text.split(",") if name.strip()]
@@ -197,7 +210,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from .experiment import run_experiment
 
     run_experiment(args.config, render_only=args.render_only, progress=args.progress, plots=args.plots,
-                   methods=args.methods)
+                   methods=args.methods, shots=args.shots)
     return 0
 
 
@@ -315,6 +328,9 @@ def make_parser() -> argparse.ArgumentParser:
     x.add_argument("--methods", type=_name_list, metavar="M[,M...]",
                    help="run only the cells of these methods of the config (e.g. the main comparison first); "
                    "the others wait for a later call, and the report shows every finished cell")
+    x.add_argument("--shots", type=_shots_list, metavar="K[,K...]",
+                   help="run only the cells of these few-shot settings of the config (numbers, or full for the "
+                   "full training sets), e.g. --shots 16 before the slower full-data cells")
     return p
 
 

@@ -177,13 +177,15 @@ def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
 
 def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, render_only: bool = False,
                    progress: bool | None = None, plots: bool = True, methods: Sequence[str] | None = None,
+                   shots: Sequence[int | None] | None = None,
                    echo: Callable[[str], None] | None = print) -> ExperimentResult:
     """Run (or continue) the grid of a YAML file or dict, then render results.md and the plots.
 
     `model`/`tokenizer` reuse an already loaded backbone; `progress` overrides the config's progress
     bars; `plots=False` writes results.md without PNGs; `methods` runs only the cells of these methods
-    (the others wait for a later call; the report shows every finished cell); `echo` receives one line
-    per cell (None: silent).
+    (the others wait for a later call; the report shows every finished cell), `shots` likewise only the
+    cells of these few-shot settings (None in it: the full training sets); `echo` receives one line per
+    cell (None: silent).
     """
     exp = load_experiment(config)
     if progress is not None:
@@ -195,6 +197,10 @@ def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, ren
         if unknown or not methods:
             raise BmtptError(f"--methods: {', '.join(unknown) or 'nothing'} is not a method of {exp.name} "
                              f"(its methods: {', '.join(known)})")
+    if shots is not None and (not shots or set(shots) - set(exp.shots)):
+        label = lambda k: "full" if k is None else str(k)  # noqa: E731
+        raise BmtptError(f"--shots: {', '.join(label(k) for k in shots if k not in exp.shots) or 'nothing'} is not "
+                         f"a setting of {exp.name} (its shots: {', '.join(label(k) for k in exp.shots)})")
     say = echo or (lambda _msg: None)
     out = Path(exp.out).expanduser()
     results = out / "results.jsonl"
@@ -210,11 +216,12 @@ def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, ren
         finished = {(r["key"], r.get("config_hash")) for r in read_records(results)}
         todo = [c for c in plan.cells if (c.key, c.config_hash) not in finished]
         waiting = 0
-        if methods is not None:  # the other methods' cells are left for a later call
-            waiting = sum(c.method not in methods for c in todo)
-            todo = [c for c in todo if c.method in methods]
+        if methods is not None or shots is not None:  # the other cells are left for a later call
+            wanted = [c for c in todo if (methods is None or c.method in methods) and (shots is None
+                                                                                      or c.shots in shots)]
+            todo, waiting = wanted, len(todo) - len(wanted)
         say(f"{exp.name}: {len(plan.cells)} cells, {len(plan.cells) - len(todo) - waiting} already finished, "
-            f"{len(todo)} to run" + (f", {waiting} of other methods left for later" if waiting else "")
+            f"{len(todo)} to run" + (f", {waiting} of other methods or shots left for later" if waiting else "")
             + f"; output in {out}")
         backbone, cache = _Backbone(exp, model, tokenizer), {}
         for i, cell in enumerate(todo, 1):
