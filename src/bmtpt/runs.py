@@ -187,17 +187,15 @@ def load_split(task: Task, split: str, cfg: CommonConfig, limit: int | None = No
     rewards what the test rewards even when the dev pool leans to one label (CR's is 80 % positive, its
     test balanced).
     """
-    if label_mix is not None:
-        examples = task.load(split, cfg.data_dir, EVAL_SAMPLE_SEED)
-        rng = random.Random(EVAL_SAMPLE_SEED * 7919 + len(examples))
-        picked = _mixed_sample([e.target for e in examples], limit, label_mix, rng, f"task {task.name}: {split}")
-        return [examples[i] for i in sorted(picked)]
     # dev/test examples do not depend on the run's seed: every method and seed is scored on the same
     # examples, so their scores pair up example by example (the benchmark's bootstrap needs that)
     seed = cfg.seed if split == "train" else EVAL_SAMPLE_SEED
     examples = task.load(split, cfg.data_dir, seed)
-    if limit is not None and len(examples) > limit:
-        rng = random.Random(seed * 7919 + len(examples))
+    rng = random.Random(seed * 7919 + len(examples))
+    if label_mix is not None:
+        picked = _mixed_sample([e.target for e in examples], limit, label_mix, rng, f"task {task.name}: {split}")
+        examples = [examples[i] for i in sorted(picked)]
+    elif limit is not None and len(examples) > limit:
         if balanced and task.is_classification:
             picked = _balanced_sample([e.target for e in examples], limit, rng)
         else:

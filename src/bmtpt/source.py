@@ -94,6 +94,22 @@ def mixed_batch(encoded: list, samplers: list, per_task: list[int], pad_id: int,
     return collate(ins, tgts, pad_id, is_seq2seq)
 
 
+def task_token_counts(batch, groups: Tensor, num_tasks: int) -> Tensor:
+    """Target tokens of each task in the whole batch (at least 1): the denominators of the per-task losses."""
+    dev = groups.device
+    return torch.zeros(num_tasks, device=dev).index_add(0, groups, batch.target_mask.to(dev).sum(-1).float()
+                                                        ).clamp_min(1)
+
+
+def per_task_losses(nll: Tensor, groups: Tensor, particles: int, num_tasks: int, counts: Tensor) -> Tensor:
+    """(particles, K) token-mean losses from per-row NLL sums of particle-major rows (each particle sees
+    every row of `groups`)."""
+    flat = torch.arange(particles, device=groups.device).repeat_interleave(len(groups)) * num_tasks + \
+        groups.repeat(particles)
+    tot = torch.zeros(particles * num_tasks, device=nll.device).index_add(0, flat, nll.float())
+    return tot.view(particles, num_tasks) / counts
+
+
 def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor, num_tasks: int,
                     weights: Tensor, prior_std: float | None, independent: bool = False,
                     chunk: int | None = None, micro_batches: int = 1, rows: Tensor | None = None,
@@ -120,8 +136,7 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
     dev = groups.device
     owned = owned if owned is not None else range(m)
     # target tokens of each task in the whole batch: the denominators of the per-task mean losses
-    counts = torch.zeros(num_tasks, device=dev).index_add(0, groups, batch.target_mask.to(dev).sum(-1).float())
-    counts = counts.clamp_min(1)
+    counts = task_token_counts(batch, groups, num_tasks)
     w = weights.to(dev)
     chunk = chunk or m
     rows = torch.arange(len(groups), device=dev) if rows is None else rows.to(dev)
@@ -146,9 +161,7 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
                 per = tot.view(m, num_tasks)[a:b] / counts
             else:  # rows particle-major: (b-a) * len(rows)
                 nll, _ = pm.example_nll(leaf[a:b], select_rows(batch, rows))
-                flat = torch.arange(b - a, device=dev).repeat_interleave(len(rows)) * num_tasks + g.repeat(b - a)
-                tot = torch.zeros((b - a) * num_tasks, device=nll.device).index_add(0, flat, nll.float())
-                per = tot.view(b - a, num_tasks) / counts
+                per = per_task_losses(nll, g, b - a, num_tasks, counts)
             if task_scores is not None:
                 for k in range(num_tasks):
                     (g_k,) = torch.autograd.grad((per[:, k] * w[k]).sum(), leaf, retain_graph=True, allow_unused=True)
@@ -174,11 +187,8 @@ def function_space_step(pm: PromptedModel, particles: Tensor, batch, groups: Ten
     """
     m, b = particles.shape[0], len(groups)
     leaf = particles.detach().requires_grad_(True)
-    counts = torch.zeros(num_tasks, device=groups.device).index_add(
-        0, groups, batch.target_mask.to(groups.device).sum(-1).float()).clamp_min(1)
     nll, _ = pm.example_nll(leaf, batch)  # particle-major rows
-    flat = torch.arange(m, device=groups.device).repeat_interleave(b) * num_tasks + groups.repeat(m)
-    per = torch.zeros(m * num_tasks, device=nll.device).index_add(0, flat, nll.float()).view(m, num_tasks) / counts
+    per = per_task_losses(nll, groups, m, num_tasks, task_token_counts(batch, groups, num_tasks))
     w = weights.to(per.device)
     log_post = -(per * w).sum()
     if prior_std is not None:
