@@ -87,6 +87,7 @@ def test_an_attempt_run_trains_reports_its_parameters_and_is_not_exported(tiny_l
     assert last["param/target"].abs().sum() > 0 and res.prompt.shape == (3, 32)  # training moved it from zero
     preds = json.loads((tmp_path / "t" / "predictions-test.json").read_text())
     assert 100 * sum(preds["correct"]) / len(preds["correct"]) == pytest.approx(res.metrics["test"]["accuracy"])
+    assert 100 * sum(preds["dev_correct"]) / len(preds["dev_correct"]) == pytest.approx(res.metrics["dev"]["accuracy"])
     with pytest.raises(BmtptError, match="not a single prompt or a PEFT prompt-tuning adapter"):
         run_export(ExportConfig(run_dir=str(tmp_path / "t"), out_dir=str(tmp_path / "peft")))
     with pytest.raises(BmtptError, match="ATTEMPT run"):

@@ -53,6 +53,7 @@ def test_an_svgd_ensemble_predicts_with_its_prompts_mean_probabilities(posterior
     assert torch.allclose(torch.tensor(preds["probabilities"], dtype=torch.float64), mean, atol=1e-5)
     labels = list(task.verbalizers)
     assert preds["predictions"] == [labels[j] for j in mean.argmax(-1).tolist()]
+    assert 100 * sum(preds["dev_correct"]) / len(preds["dev_correct"]) == pytest.approx(res.metrics["dev"]["accuracy"])
     assert res.metrics["test_calibration"] == pytest.approx(calibration_of(mean, task, test), abs=1e-5)
     for member, p in zip(res.metrics["members_test"], each, strict=True):
         assert member["calibration"] == pytest.approx(calibration_of(p, task, test), abs=1e-5)

@@ -67,7 +67,9 @@ def test_grid_runs_every_cell_and_renders(grid):
     for r in res.records:  # per-example test results: their mean is the cell's test accuracy
         assert len(r["test_correct"]) == r["test_examples"]
         assert 100 * r["test_correct"].count("1") / r["test_examples"] == pytest.approx(r["test_score"])
+        assert 100 * r["dev_correct"].count("1") / r["dev_examples"] == pytest.approx(r["dev_score"])
     assert "### Confidence intervals" in md and "| bmtpt − pt |" in md and "dev-selected step 0" in md
+    assert "Mean dev score [95 % interval]" in md and "bootstrap replicates over seeds and dev examples" in md
     assert "## Source stages: dev scores of the final prompts" in md
     for name in ("curves-full.png", "prompts-pca.png", "source-losses.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -213,8 +215,8 @@ def test_a_cell_killed_mid_run_resumes_from_its_checkpoint(tmp_path, tiny_llama,
 
     cfg = _config(tmp_path / "exp", seeds=[0], methods=["bmtpt"], log_every=1,
                   target={"steps": 4, "eval_every": 1, "checkpoint_every": 2, "max_train_examples": 12,
-                          "max_eval_examples": 8, "train_eval_examples": 0})  # one evaluate_prompt per eval
-    real_eval, calls = target.evaluate_prompt, []
+                          "max_eval_examples": 8, "train_eval_examples": 0})  # one predict_and_score per eval
+    real_eval, calls = target.predict_and_score, []
 
     def dying_eval(*a, **k):  # dev evaluations at steps 0..3; step 3 dies, after the step-2 checkpoint
         calls.append(1)
@@ -222,12 +224,12 @@ def test_a_cell_killed_mid_run_resumes_from_its_checkpoint(tmp_path, tiny_llama,
             raise RuntimeError("killed")
         return real_eval(*a, **k)
 
-    monkeypatch.setattr(target, "evaluate_prompt", dying_eval)
+    monkeypatch.setattr(target, "predict_and_score", dying_eval)
     with pytest.raises(RuntimeError, match="killed"):
         run_experiment(cfg, *tiny_llama, plots=False, echo=None)
     cell = tmp_path / "exp" / "cells" / "bmtpt" / "synth-product" / "full-seed0"
     assert (cell / "checkpoint.safetensors").is_file() and not (cell / "target.json").exists()
-    monkeypatch.setattr(target, "evaluate_prompt", real_eval)
+    monkeypatch.setattr(target, "predict_and_score", real_eval)
     seen = []
     real_resume = experiment.resume_or_restart
     monkeypatch.setattr(experiment, "resume_or_restart", lambda c, *a: seen.append(r := real_resume(c, *a)) or r)

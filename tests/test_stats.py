@@ -84,3 +84,25 @@ def test_a_partial_grid_compares_the_methods_and_seeds_it_has():
     assert complete(recs, ["pt", "avg", "bmtpt"], ["a", "b"], 16) == (["pt", "bmtpt"], [0])
     assert complete(recs, ["pt"], ["a", "b"], 16) == (["pt"], [0, 1])
     assert complete(recs, ["pt"], ["a", "b"], None) == ([], [])
+
+
+def test_dev_intervals_resample_dev_results_and_fall_back_to_scores_when_some_cells_lack_them():
+    """split="dev" bootstraps the dev-selected steps' dev results; a grid where some cells finished before
+    dev results were kept uses every cell's dev score alone (seeds only) rather than mixing the two."""
+    rng = np.random.default_rng(6)
+    records = []
+    for method, p in (("bmtpt", 0.6), ("lam10", 0.75)):
+        for seed in (0, 1, 2):
+            x = (rng.random(300) < p).astype(int)
+            records.append({"method": method, "task": "mr", "seed": seed, "shots": 16, "test_score": 50.0,
+                            "dev_score": 100 * x.mean(), "dev_correct": "".join(map(str, x))})
+    text = "\n".join(comparison_lines(records, ["bmtpt", "lam10"], ["mr"], 16, ablations=["lam10"], n_boot=500,
+                                       split="dev"))
+    assert "Mean dev score" in text and "seeds and dev examples" in text and "| lam10 − bmtpt | **+" in text
+    # the dev point estimate: the mean of the per-example results, i.e. of the cells' dev scores
+    dev = cells_of(records, "lam10", 16, "dev")
+    assert np.mean([dev["mr"][s].mean() for s in (0, 1, 2)]) == pytest.approx(
+        np.mean([r["dev_score"] for r in records if r["method"] == "lam10"]))
+    del records[0]["dev_correct"]  # an older cell
+    assert all(len(a) == 1 for a in cells_of(records, "lam10", 16, "dev", per_example=False)["mr"].values())
+    assert comparison_lines(records, ["bmtpt", "lam10"], ["mr"], 16, ablations=["lam10"], n_boot=200, split="dev")

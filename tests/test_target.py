@@ -212,7 +212,8 @@ def test_a_dev_tie_goes_to_the_later_step(tmp_path, tiny_llama, posterior, monke
     """With `>` a small dev set kept the untrained prompt on every tie; the later step must win instead."""
     import bmtpt.target as target
 
-    monkeypatch.setattr(target, "evaluate_prompt", lambda *a, **k: {"accuracy": 50.0, "score": 50.0})
+    monkeypatch.setattr(target, "predict_and_score",  # every evaluation scores the same
+                        lambda pm, prompt, task, ex, cfg: ({"accuracy": 50.0, "score": 50.0}, [e.target for e in ex]))
     res = run_target(_cfg(tmp_path, "tie", posterior[0], steps=4, eval_every=2, train_eval_examples=0), *tiny_llama)
     assert res.metrics["best_step"] == 4
 
@@ -245,6 +246,9 @@ def test_train_accuracy_is_logged_and_test_results_are_kept_per_example(tmp_path
     preds = json.loads((tmp_path / "pt" / "predictions-test.json").read_text())
     assert len(preds["correct"]) == meta["metrics"]["test_examples"] == 12 and meta["metrics"]["dev_examples"] == 12
     assert 100 * sum(preds["correct"]) / 12 == pytest.approx(meta["metrics"]["test"]["accuracy"])
+    # the dev-selected step's dev results, example by example: their mean is its dev score
+    assert len(preds["dev_correct"]) == 12
+    assert 100 * sum(preds["dev_correct"]) / 12 == pytest.approx(meta["metrics"]["dev"]["accuracy"])
     assert meta["label_words"] == {"yes": "yes", "no": "no"}
 
 

@@ -29,7 +29,7 @@ from .data import EpochSampler, batch_of
 from .errors import BmtptError
 from .runfiles import PREDICTIONS_FILE, atomic_save_tensors, atomic_write_json
 from .runs import make_optimizer
-from .target import TARGET_FORMAT, TargetResult, calibration_of, prepare_target
+from .target import TARGET_FORMAT, TargetResult, calibration_of, correct_field, dev_correct, prepare_target
 from .tasks import scored
 
 
@@ -90,9 +90,9 @@ def run_target_attempt(cfg: TargetConfig, model=None, tokenizer=None) -> TargetR
         return scored(task, preds, examples), preds, probs
 
     def evaluation(step: int) -> dict:
-        dev_m = scores(st.dev)[0]
+        dev_m, preds, _ = scores(st.dev)
         session.log.write(step=step, **{f"dev/{k}": v for k, v in dev_m.items()})
-        return dev_m
+        return {"step": step, "dev": dev_m, **correct_field("dev_correct", task, preds, st.dev)}
 
     def snapshot() -> dict[str, Tensor]:
         return {n: p.detach().clone() for n, p in trainable.items()}
@@ -106,7 +106,7 @@ def run_target_attempt(cfg: TargetConfig, model=None, tokenizer=None) -> TargetR
 
     out = session.open(opt, restore)
     if session.ckpt is None:
-        run.update(best={"step": 0, "dev": evaluation(0)}, state=snapshot())
+        run.update(best=evaluation(0), state=snapshot())
     for step in session.steps(f"target {task.name} (attempt)"):
         ids = sampler.take(cfg.batch_size)
         opt.zero_grad(set_to_none=True)
@@ -122,9 +122,9 @@ def run_target_attempt(cfg: TargetConfig, model=None, tokenizer=None) -> TargetR
         if step % cfg.log_every == 0:
             session.log.write(step=step, nll=loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            dev_m = evaluation(step)
-            if dev_m["score"] >= run["best"]["dev"]["score"]:  # a tie goes to the later step
-                run.update(best={"step": step, "dev": dev_m}, state=snapshot())
+            cand = evaluation(step)
+            if cand["dev"]["score"] >= run["best"]["dev"]["score"]:  # a tie goes to the later step
+                run.update(best=cand, state=snapshot())
         if session.checkpoint_due(step):
             session.save_checkpoint(step, {**{f"param/{n}": p for n, p in trainable.items()},
                                            **{f"best/{n}": t for n, t in run["state"].items()}}, opt,
@@ -138,7 +138,8 @@ def run_target_attempt(cfg: TargetConfig, model=None, tokenizer=None) -> TargetR
     metrics = {"dev": run["best"]["dev"], "test": test_m, "test_calibration": calibration_of(probs, task, st.test),
                "best_step": run["best"]["step"], "dev_examples": len(st.dev), "test_examples": len(st.test)}
     atomic_write_json({"task": task.name, "split": "test", "predictions": preds,
-                       "correct": [int(p == e.target) for p, e in zip(preds, st.test)]}, out / PREDICTIONS_FILE)
+                       **correct_field("correct", task, preds, st.test), **dev_correct(run["best"])},
+                      out / PREDICTIONS_FILE)
     session.log.write(step=cfg.steps, **{f"test/{k}": v for k, v in test_m.items()}, best_step=run["best"]["step"])
     atomic_save_tensors({**{n: t for n, t in run["state"].items()}, "sources": module.sources},
                         out / "prompt.safetensors")

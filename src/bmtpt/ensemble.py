@@ -29,7 +29,7 @@ from .errors import BmtptError
 from .runfiles import PREDICTIONS_FILE, atomic_save_tensors, atomic_write_json
 from .runs import make_optimizer
 from .svgd import svgd_terms
-from .target import TARGET_FORMAT, TargetResult, calibration_of, make_prior, prepare_target
+from .target import TARGET_FORMAT, TargetResult, calibration_of, correct_field, dev_correct, make_prior, prepare_target
 from .tasks import scored
 
 __all__ = ["ensemble_probabilities", "run_target_ensemble"]
@@ -69,10 +69,11 @@ def run_target_ensemble(cfg: TargetConfig, model=None, tokenizer=None) -> Target
     run: dict = {}
 
     def evaluation(step: int) -> dict:
-        dev_m, _ = _scores(ensemble_probabilities(pm, particles, task, st.dev, cfg.eval_batch_size)[0], task, st.dev)
+        dev_m, preds = _scores(ensemble_probabilities(pm, particles, task, st.dev, cfg.eval_batch_size)[0], task,
+                               st.dev)
         session.log.write(step=step, **{f"dev/{k}": v for k, v in dev_m.items() if k != "calibration"},
                           **{f"dev/calibration/{k}": v for k, v in dev_m["calibration"].items()})
-        return dev_m
+        return {"step": step, "dev": dev_m, **correct_field("dev_correct", task, preds, st.dev)}
 
     def restore(ckpt: Checkpoint) -> None:
         if ckpt.tensors["particles"].shape != particles.shape or ckpt.state["train_size"] != len(enc):
@@ -85,7 +86,7 @@ def run_target_ensemble(cfg: TargetConfig, model=None, tokenizer=None) -> Target
 
     out = session.open(opt, restore)
     if session.ckpt is None:
-        run.update(best={"step": 0, "dev": evaluation(0)}, particles=particles.detach().clone())
+        run.update(best=evaluation(0), particles=particles.detach().clone())
     for step in session.steps(f"target {task.name} ({cfg.method}, {m} {cfg.ensemble} particles)"):
         ids = sampler.take(cfg.batch_size)
         opt.zero_grad(set_to_none=True)
@@ -113,9 +114,9 @@ def run_target_ensemble(cfg: TargetConfig, model=None, tokenizer=None) -> Target
             session.log.write(step=step, nll=per.mean().item(), particle_nll=[round(float(x), 6) for x in per.detach()],
                               log_prior=log_prior.mean().item(), **record)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            dev_m = evaluation(step)
-            if dev_m["score"] >= run["best"]["dev"]["score"]:  # a tie goes to the later step
-                run.update(best={"step": step, "dev": dev_m}, particles=particles.detach().clone())
+            cand = evaluation(step)
+            if cand["dev"]["score"] >= run["best"]["dev"]["score"]:  # a tie goes to the later step
+                run.update(best=cand, particles=particles.detach().clone())
         if session.checkpoint_due(step):
             session.save_checkpoint(step, {"particles": particles, "best/particles": run["particles"]}, opt,
                                     {"sampler": sampler.state_dict(), "train_size": len(enc), "best": run["best"],
@@ -129,9 +130,9 @@ def run_target_ensemble(cfg: TargetConfig, model=None, tokenizer=None) -> Target
                "test_calibration": test_m["calibration"], "members_test": members,
                "best_step": run["best"]["step"], "dev_examples": len(st.dev), "test_examples": len(st.test)}
     atomic_write_json({"task": task.name, "split": "test", "predictions": preds,
-                       "correct": [int(p == e.target) for p, e in zip(preds, st.test)],
+                       **correct_field("correct", task, preds, st.test),
                        "probabilities": [[round(float(x), 6) for x in row] for row in mean_probs],
-                       "labels": list(task.verbalizers)}, out / PREDICTIONS_FILE)
+                       "labels": list(task.verbalizers), **dev_correct(run["best"])}, out / PREDICTIONS_FILE)
     session.log.write(step=cfg.steps, **{f"test/{k}": v for k, v in metrics["test"].items()},
                       best_step=run["best"]["step"])
     atomic_save_tensors({"particles": best}, out / "prompt.safetensors")

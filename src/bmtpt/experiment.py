@@ -168,6 +168,8 @@ def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
             # example-level test results (1 = correct), the same examples in every cell of the task: the
             # paired bootstrap of the report resamples them
             **({"test_correct": "".join(map(str, preds["correct"]))} if "correct" in preds else {}),
+            # and the dev-selected step's dev results: intervals for choosing settings on dev scores
+            **({"dev_correct": "".join(map(str, preds["dev_correct"]))} if "dev_correct" in preds else {}),
             "trainable_parameters": target["trainable_parameters"],
             **({"test_calibration": res.metrics["test_calibration"]} if "test_calibration" in res.metrics else {}),
             "source_passes": int(meta.get("compute", {}).get("example_passes", 0)), "probe_passes": probe_passes,

@@ -297,6 +297,11 @@ def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True
         lines += ["### Model selection", "", *selection_lines(records, names, shots), "",
                   "Dev scores of the selected prompts (what settings are chosen on; mean ± std over seeds):", "",
                   *score_table(plan, records, shots, "dev_score"), ""]
+        if any(r.get("dev_correct") for r in records if r["shots"] == shots):  # kept since 2026-12-02
+            dev_ci = comparison_lines(records, names, list(exp.targets), shots, ablations=ablations, split="dev")
+            lines += ["Dev scores with intervals: what a setting is chosen on (each variant − bmtpt below; "
+                      "a bootstrap over seeds and dev examples where every cell kept its dev results, over seeds "
+                      "only otherwise):", "", *dev_ci, ""] if dev_ci else []
         if have_mpl:
             pngs.append(learning_curves(out, plan, records, shots))
     lines += calibration_lines(exp, records)

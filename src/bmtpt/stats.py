@@ -1,5 +1,7 @@
 """Confidence intervals for a benchmark grid: a two-level bootstrap over seeds and test examples.
 
+(The same bootstrap runs on dev scores, from `dev_correct`, to choose settings on dev with intervals.)
+
 A cell's test score is the mean of per-example results (1 = correct, as kept in `test_correct`), and
 every method and seed of a task is scored on the same test examples (the sample does not depend on the
 seed). One bootstrap replicate redraws, for each task, the seeds (with replacement) and the test
@@ -44,18 +46,20 @@ class Interval:
         return self.lo > 0 or self.hi < 0
 
 
-def cells_of(records: Sequence[dict], method: str, shots: int | None) -> dict[str, dict[int, np.ndarray]]:
-    """task -> seed -> per-example test results (x100, so means are percentages) of one method and setting;
-    a record without `test_correct` contributes its test score as a single value."""
+def cells_of(records: Sequence[dict], method: str, shots: int | None, split: str = "test",
+             per_example: bool = True) -> dict[str, dict[int, np.ndarray]]:
+    """task -> seed -> per-example results on `split` (test, or dev: the dev-selected step's) x100, so means
+    are percentages, of one method and setting; a record without `{split}_correct` (or every record, when
+    not `per_example`) contributes its score as a single value."""
     out: dict[str, dict[int, np.ndarray]] = {}
     for r in records:
         if r["method"] != method or r["shots"] != shots:
             continue
-        if r.get("test_correct"):
-            x = np.frombuffer(r["test_correct"].encode(), dtype=np.uint8).astype(np.float64) - ord("0")
+        if per_example and r.get(f"{split}_correct"):
+            x = np.frombuffer(r[f"{split}_correct"].encode(), dtype=np.uint8).astype(np.float64) - ord("0")
             out.setdefault(r["task"], {})[r["seed"]] = 100.0 * x
         else:
-            out.setdefault(r["task"], {})[r["seed"]] = np.array([float(r["test_score"])])
+            out.setdefault(r["task"], {})[r["seed"]] = np.array([float(r[f"{split}_score"])])
     return out
 
 
@@ -82,7 +86,7 @@ def bootstrap(methods: Mapping[str, Cells], tasks: Sequence[str], n_boot: int = 
             arrays[m] = np.stack([got[s] for s in seeds])  # (S, n)
         n = {a.shape[1] for a in arrays.values()}
         if len(n) != 1:
-            raise ValueError(f"methods were scored on different numbers of {task} test examples: {sorted(n)}")
+            raise ValueError(f"methods were scored on different numbers of {task} examples: {sorted(n)}")
         n_ex, n_seeds = n.pop(), len(seeds)
         # example weights: multinomial counts are a resample with replacement (n_ex == 1: no resampling)
         w = rng.multinomial(n_ex, np.full(n_ex, 1.0 / n_ex), size=n_boot) / n_ex if n_ex > 1 else np.ones((n_boot, 1))
@@ -121,21 +125,25 @@ def complete(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[st
 
 def comparison_lines(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None,
                      reference: str = "bmtpt", baselines: Sequence[str] = ("pt", "avg", "spot", "mpt"),
-                     ablations: Sequence[str] = (), n_boot: int = 2000) -> list[str]:
+                     ablations: Sequence[str] = (), n_boot: int = 2000, split: str = "test") -> list[str]:
     """Markdown: each method's mean [95 % interval] per task and on the average; then paired differences:
     `reference` - pt, - avg and - the best baseline (the baseline with the highest average), and each of
     `ablations` - `reference`, per task and on the average. Only methods that finished every task for some
-    seed, and only the seeds on which all of those did, are used; [] when there are none."""
+    seed, and only the seeds on which all of those did, are used; [] when there are none. `split` "dev"
+    compares the dev-selected steps' dev scores (what settings are chosen on) over seeds and dev examples."""
     methods, seeds = complete(records, methods, tasks, shots)
     if not seeds or not tasks:
         return []
     kept = [r for r in records if r["seed"] in seeds]
-    cells = {m: cells_of(kept, m, shots) for m in methods}
+    # per-example results only when every cell kept them (cells finished before dev results were kept have
+    # none: the tasks then fall back to a seeds-only bootstrap of the scores rather than mixing the two)
+    whole = all(r.get(f"{split}_correct") for r in kept if r["method"] in methods and r["shots"] == shots)
+    cells = {m: cells_of(kept, m, shots, split, per_example=whole) for m in methods}
     reps = bootstrap(cells, tasks, n_boot)
     est = {m: point(cells[m], tasks) for m in methods}
     head = ["method", *tasks, "average"]
-    lines = [f"Mean test score [95 % interval] over seeds {', '.join(map(str, seeds))} ({n_boot} bootstrap "
-             "replicates over seeds and test examples):", "",
+    lines = [f"Mean {split} score [95 % interval] over seeds {', '.join(map(str, seeds))} ({n_boot} bootstrap "
+             f"replicates over seeds and {split} examples):", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         lines.append("| " + " | ".join([m, *(str(i) for i in intervals(est[m], reps[m]))]) + " |")

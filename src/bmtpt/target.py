@@ -127,6 +127,18 @@ def predict_score_calibrate(pm: PromptedModel, prompt: Tensor, task: Task, examp
     return dict(metrics), list(preds), dict(calib) if calib else None
 
 
+def correct_field(key: str, task: Task, preds: list, examples) -> dict[str, list[int]]:
+    """{key: 1/0 per example (prediction == gold)} for a classification task, {} otherwise: the example-level
+    results a paired bootstrap resamples (as `correct` for test, `dev_correct` for the selected step's dev)."""
+    return {key: [int(p == e.target) for p, e in zip(preds, examples)]} if task.is_classification else {}
+
+
+def dev_correct(best: dict) -> dict[str, list[int]]:
+    """The dev-selected step's example-level dev results as a predictions-file field ({} when not kept:
+    a run resumed from a checkpoint of an older version, or a task scored by another metric)."""
+    return {"dev_correct": best["dev_correct"]} if best.get("dev_correct") is not None else {}
+
+
 def train_sample(train: list, n: int, seed: int) -> list:
     """The fixed sample of training examples scored at every evaluation (train accuracy)."""
     return train if len(train) <= n else random.Random(seed).sample(train, n)
@@ -230,12 +242,13 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         return effective_prompt(theta0, u, v)
 
     def evaluation(step: int) -> dict:
-        """Score the current prompt on dev (and the training sample), log it and return the dev metrics."""
-        dev_m = evaluate_prompt(pm, current(), task, dev, cfg)
+        """Score the current prompt on dev (and the training sample), log it and return the best-so-far
+        candidate: the step, the dev metrics and (classification) the dev examples it got right."""
+        dev_m, dev_preds = predict_and_score(pm, current(), task, dev, cfg)
         train_m = evaluate_prompt(pm, current(), task, seen, cfg) if seen else {}
         session.log.write(step=step, **{f"dev/{k}": v_ for k, v_ in dev_m.items()},
                           **{f"train/{k}": v_ for k, v_ in train_m.items()})
-        return dev_m
+        return {"step": step, "dev": dev_m, **correct_field("dev_correct", task, dev_preds, dev)}
 
     run = {}  # the dev-best so far: step and metrics, its prompt and parameters
 
@@ -257,8 +270,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
 
     out = session.open(opt, restore)
     if session.ckpt is None:
-        run.update(best={"step": 0, "dev": evaluation(0)}, prompt=current().detach().clone(),
-                   state=_params(theta0, u, v))
+        run.update(best=evaluation(0), prompt=current().detach().clone(), state=_params(theta0, u, v))
     for step in session.steps(f"target {task.name} ({cfg.method})"):
         nll_mean, log_prior, loss = prompt_step(pm, current, params, opt, prior, lam_eff, enc,
                                                 sampler.take(cfg.batch_size), cfg.grad_accum,
@@ -268,11 +280,10 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         if step % cfg.log_every == 0:
             session.log.write(step=step, nll=nll_mean.item(), log_prior=log_prior.item(), loss=loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            dev_m = evaluation(step)
+            cand = evaluation(step)
             # >=: a tie goes to the later (trained) prompt; with `>` a small dev set kept the untrained one
-            if dev_m["score"] >= run["best"]["dev"]["score"]:
-                run.update(best={"step": step, "dev": dev_m}, prompt=current().detach().clone(),
-                           state=_params(theta0, u, v))
+            if cand["dev"]["score"] >= run["best"]["dev"]["score"]:
+                run.update(best=cand, prompt=current().detach().clone(), state=_params(theta0, u, v))
         if session.checkpoint_due(step):
             tensors = {**{f"param/{k}": t for k, t in _params(theta0, u, v).items()}, "best/prompt": run["prompt"],
                        **{f"best/{k}": t for k, t in run["state"].items()}}
@@ -286,8 +297,8 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     if session.dist.is_main:  # rank 0 writes the results
         # example-level test results: what a paired bootstrap over test examples resamples
         atomic_write_json({"task": task.name, "split": "test", "predictions": preds,
-                           **({"correct": [int(p == e.target) for p, e in zip(preds, test)]}
-                              if task.is_classification else {})}, out / PREDICTIONS_FILE)
+                           **correct_field("correct", task, preds, test), **dev_correct(best)},
+                          out / PREDICTIONS_FILE)
         log.write(step=cfg.steps, **{f"test/{k}": v_ for k, v_ in test_m.items()}, best_step=best["step"])
         tensors = {"prompt": best_prompt, **best_state}
         atomic_save_tensors(tensors, out / "prompt.safetensors")
