@@ -165,11 +165,10 @@ def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
             "test_score": res.metrics["test"]["score"], "dev_score": res.metrics["dev"]["score"],
             "dev": res.metrics["dev"], "test": res.metrics["test"], "best_step": res.metrics["best_step"],
             "dev_examples": res.metrics["dev_examples"], "test_examples": res.metrics["test_examples"],
-            # example-level test results (1 = correct), the same examples in every cell of the task: the
-            # paired bootstrap of the report resamples them
-            **({"test_correct": "".join(map(str, preds["correct"]))} if "correct" in preds else {}),
-            # and the dev-selected step's dev results: intervals for choosing settings on dev scores
-            **({"dev_correct": "".join(map(str, preds["dev_correct"]))} if "dev_correct" in preds else {}),
+            # example-level test results (1 = correct), the same examples in every cell of the task, and the
+            # dev-selected step's dev results: the paired bootstraps of the report resample them
+            **{field: "".join(map(str, preds[key])) for field, key in (("test_correct", "correct"),
+                                                                       ("dev_correct", "dev_correct")) if key in preds},
             "trainable_parameters": target["trainable_parameters"],
             **({"test_calibration": res.metrics["test_calibration"]} if "test_calibration" in res.metrics else {}),
             "source_passes": int(meta.get("compute", {}).get("example_passes", 0)), "probe_passes": probe_passes,

@@ -299,9 +299,9 @@ def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True
                   *score_table(plan, records, shots, "dev_score"), ""]
         if any(r.get("dev_correct") for r in records if r["shots"] == shots):  # kept since 2026-12-02
             dev_ci = comparison_lines(records, names, list(exp.targets), shots, ablations=ablations, split="dev")
-            lines += ["Dev scores with intervals: what a setting is chosen on (each variant − bmtpt below; "
-                      "a bootstrap over seeds and dev examples where every cell kept its dev results, over seeds "
-                      "only otherwise):", "", *dev_ci, ""] if dev_ci else []
+            lines += ["The same comparison on the dev scores settings are chosen on (a bootstrap over seeds and "
+                      "dev examples where every cell kept its dev results, over seeds only otherwise):", "",
+                      *dev_ci, ""] if dev_ci else []
         if have_mpl:
             pngs.append(learning_curves(out, plan, records, shots))
     lines += calibration_lines(exp, records)

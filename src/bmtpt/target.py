@@ -136,7 +136,7 @@ def correct_field(key: str, task: Task, preds: list, examples) -> dict[str, list
 def dev_correct(best: dict) -> dict[str, list[int]]:
     """The dev-selected step's example-level dev results as a predictions-file field ({} when not kept:
     a run resumed from a checkpoint of an older version, or a task scored by another metric)."""
-    return {"dev_correct": best["dev_correct"]} if best.get("dev_correct") is not None else {}
+    return {"dev_correct": best["dev_correct"]} if "dev_correct" in best else {}
 
 
 def train_sample(train: list, n: int, seed: int) -> list:
