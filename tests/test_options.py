@@ -61,6 +61,7 @@ SOURCE_TRIES = {
     "mixing_temperature": ("refused", 3.0, "applies to --mixing temperature"),
     "likelihood_scale": "dataset", "prior_std": 0.5, "bandwidth": 0.5, "kernel_view": "row-mean",
     "task_weights": "1,0.25", "repulsion": 4.0, "repulsion_schedule": "decay", "final_eval_examples": 4,
+    "specialise": 0.1,
     # result-neutral: tried with these values, every number must stay the same
     "particle_chunk": 1, "gradient_checkpointing": True, "grad_accum": 2, "checkpoint_every": 1, "progress": True,
     "parallel": "particle",  # one process here; tests/test_distributed.py runs two
@@ -77,7 +78,7 @@ TARGET_TRIES = {
     "prior_weight": 50.0, "prior": "gaussian", "prior_weight_rule": "bayes", "prior_bandwidth": 0.05,
     "prior_bandwidth_scale": 0.05, "rank_one": True, "lr_factor": ("refused", 0.5, "add --rank-one"), "shots": 2,
     "eval_every": 2, "train_eval_examples": 2, "max_dev_examples": 3, "max_eval_examples": 4,
-    "eval_mode": "generate", "dev_sample": "test-mix",
+    "eval_mode": "generate", "dev_sample": "test-mix", "particle_weights": "target",
     "gradient_checkpointing": True, "grad_accum": 2, "checkpoint_every": 1, "progress": True, "eval_batch_size": 2,
     "particles": 2, "ensemble": ("refused", "independent", "--ensemble applies to --particles M > 1"),
     # ATTEMPT's options: refused for the base run's bmtpt; tests/test_attempt.py runs them

@@ -115,3 +115,63 @@ def test_prior_bandwidth_sources_and_scale():
         prior_bandwidth(cfg, {"bandwidth": None})
     with pytest.raises(BmtptError, match="prior-bandwidth-scale"):
         TargetConfig(out="x", task="t", method="pt", prior_bandwidth_scale=0.0).validate()
+
+
+def test_particle_weights_are_the_posterior_given_the_target_examples(tiny_llama):
+    """log w_m = sum of particle m's target log-likelihoods (each example scored alone, by a loop) minus
+    their log-sum-exp; the weighted mean and the weighted KDE prior follow them."""
+    from scipy.special import logsumexp
+
+    from bmtpt.data import batch_of
+    from bmtpt.prior import particle_log_weights, weighted_mean
+    from bmtpt.prompted import PromptedModel
+    from bmtpt.tasks import get_task
+
+    model, tok = tiny_llama
+    pm = PromptedModel(model, tok)
+    task = get_task("synth-sentiment")
+    enc = pm.encode(task, task.load("train")[:5], 4)
+    parts = 0.5 * torch.randn(3, 2, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    ll = np.array([[-pm.example_nll(parts[m][None], batch_of(enc, [i], pm.pad_id, False))[0].item()
+                    for i in range(5)] for m in range(3)]).sum(1)
+    lw = particle_log_weights(pm, parts, enc, batch=2)
+    np.testing.assert_allclose(lw.numpy(), ll - logsumexp(ll), rtol=1e-5, atol=1e-5)
+    sample = particle_log_weights(pm, parts, enc, examples=3)  # a fixed sample of 3 of the 5
+    ids = torch.randperm(5, generator=torch.Generator().manual_seed(0))[:3].tolist()
+    ll3 = np.array([[-pm.example_nll(parts[m][None], batch_of(enc, [i], pm.pad_id, False))[0].item()
+                     for i in ids] for m in range(3)]).sum(1)
+    np.testing.assert_allclose(sample.numpy(), ll3 - logsumexp(ll3), rtol=1e-5, atol=1e-5)
+    w = np.exp(lw.numpy())
+    torch.testing.assert_close(weighted_mean(parts, lw), (torch.tensor(w, dtype=torch.float32)[:, None, None]
+                                                          * parts).sum(0), atol=1e-6, rtol=1e-5)
+    assert PriorTerm(parts, 2.0, "gaussian", log_weights=lw).mean.allclose(weighted_mean(parts, lw))
+
+
+def test_a_target_run_with_particle_weights(tmp_path, tiny_llama):
+    """--particle-weights target: target.json records weights that sum to one, equal to those recomputed from
+    the posterior and the training examples; the start is their weighted mean; bad combinations are refused."""
+    from bmtpt.prior import particle_log_weights, weighted_mean
+    from bmtpt.prompted import PromptedModel
+    from bmtpt.runs import load_train
+    from bmtpt.source import run_source
+    from bmtpt.target import initial_prompt, run_target
+    from bmtpt.tasks import get_task
+
+    run_source(SourceConfig(model="tiny-llama", out=str(tmp_path / "s"), tasks="synth-sentiment,synth-animal",
+                            particles=2, steps=2, batch_size=4, prompt_length=3, max_train_examples=8,
+                            specialise=0.1, progress=False, device="cpu", final_eval_examples=0), *tiny_llama)
+    t = TargetConfig(model="tiny-llama", out=str(tmp_path / "t"), task="synth-product", posterior=str(tmp_path / "s"),
+                     steps=2, eval_every=2, batch_size=4, shots=8, max_eval_examples=6, particle_weights="target",
+                     train_eval_examples=0, progress=False, device="cpu")
+    run_target(t, *tiny_llama)
+    meta = json.loads((tmp_path / "t" / "target.json").read_text())
+    parts = load_file(str(tmp_path / "s" / "particles.safetensors"))["particles"]
+    pm = PromptedModel(tiny_llama[0], tiny_llama[1])
+    enc = pm.encode(get_task("synth-product"), load_train(get_task("synth-product"), t), t.max_target_tokens)
+    lw = particle_log_weights(pm, parts, enc)
+    assert sum(meta["particle_weights"]) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(meta["particle_weights"], lw.exp().numpy(), atol=1e-5)
+    torch.testing.assert_close(initial_prompt(t, None, None, parts, lw), weighted_mean(parts, lw))
+    for bad in ({"init": "particle:0"}, {"method": "pt", "posterior": None}, {"particles": 2}):
+        with pytest.raises(BmtptError, match="--particle-weights target"):
+            TargetConfig(**{**t.to_dict(), **bad}).validate()

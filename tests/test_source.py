@@ -286,3 +286,32 @@ def test_a_function_space_source_run(tmp_path, tiny_llama):
     for extra, message in (({"grad_accum": 2}, "leave out --grad-accum"), ({"particle_chunk": 1}, "--particle-chunk")):
         with pytest.raises(BmtptError, match=message):
             SourceConfig(**base, out=str(tmp_path / "bad"), kernel_view="function", **extra).validate()
+
+
+def test_specialised_particles_weigh_their_own_task_by_one(tiny):
+    """--specialise alpha: particle m's score is grad of [own task's log-lik + alpha x the others'], built task
+    by task by hand; alpha = 1 is the global posterior for every particle."""
+    from bmtpt.source import task_focus
+
+    np.testing.assert_allclose(task_focus(4, 3, 0.2).numpy(), [[1, .2, .2], [.2, 1, .2], [.2, .2, 1], [1, .2, .2]],
+                               rtol=1e-7)
+    arch, model, tok = tiny
+    pm = PromptedModel(model, tok)
+    per_task, batch, groups = _task_batches(arch, tok, [2, 1, 2])
+    base = torch.tensor([1.0, 2.0, 0.5])
+    parts = 0.5 * torch.randn(4, 3, 32, generator=torch.Generator().manual_seed(2))
+    w = base * task_focus(4, 3, 0.25)
+    for chunk in (None, 1, 3):
+        scores, losses = particle_scores(pm, parts, batch, groups, 3, w, 2.0, chunk=chunk)
+        for m in range(4):
+            grad, _ = _score_by_hand(pm, parts[m], per_task, w[m].tolist(), 2.0, range(3))
+            torch.testing.assert_close(scores[m], grad, atol=1e-5, rtol=1e-4)
+    glob, _ = particle_scores(pm, parts, batch, groups, 3, base * task_focus(4, 3, 1.0), 2.0)
+    torch.testing.assert_close(glob, particle_scores(pm, parts, batch, groups, 3, base, 2.0)[0])
+
+
+def test_specialise_is_checked():
+    with pytest.raises(BmtptError, match=r"--specialise must be a weight in \[0, 1\]"):
+        SourceConfig(out="x", tasks="a", specialise=1.5).validate()
+    with pytest.raises(BmtptError, match="--specialise concerns SVGD's particles"):
+        SourceConfig(out="x", tasks="a", method="independent", particles=1, specialise=0.5).validate()

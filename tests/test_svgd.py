@@ -238,3 +238,17 @@ def test_function_space_kernel_on_the_identity_map_is_plain_svgd():
     assert fn.bandwidth == plain.bandwidth
     with pytest.raises(ValueError, match="must be \\(M, B\\)"):
         function_terms(x, s)
+
+
+def test_weighted_kde_log_density_against_scipy():
+    """log sum_m w_m exp(-d_m^2 / h) with w = softmax(log_weights), via scipy's logsumexp with b = w; equal
+    log-weights give the plain KDE."""
+    g = torch.Generator().manual_seed(3)
+    parts = torch.randn(4, 3, 2, generator=g, dtype=torch.float64)
+    theta = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    lw = torch.tensor([0.0, -1.0, 2.0, -0.5], dtype=torch.float64)
+    w = np.exp(lw.numpy()) / np.exp(lw.numpy()).sum()
+    sq = ((theta.numpy()[None] - parts.numpy()) ** 2).reshape(4, -1).sum(-1)
+    assert kde_log_density(theta, parts, 1.7, lw).item() == pytest.approx(logsumexp(-sq / 1.7, b=w), abs=1e-12)
+    assert kde_log_density(theta, parts, 1.7, torch.full((4,), 3.0, dtype=torch.float64)).item() == \
+        pytest.approx(kde_log_density(theta, parts, 1.7).item(), abs=1e-12)

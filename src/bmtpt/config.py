@@ -134,6 +134,11 @@ class SourceConfig(MultiTaskConfig):
                            ("flat", "row-mean", "function"))
     task_weights: str | None = opt(None, "comma-separated weights, one per source task, multiplying each task's "
                                    "log-likelihood in the posterior (e.g. 1,1,0.5 to halve the third's pull)")
+    specialise: float | None = opt(None, "let the particles specialise (beyond the paper): particle m weighs source "
+                                   "task m mod K's log-likelihood by 1 and every other task's by this number in "
+                                   "[0, 1], so each particle leans to one task while the kernel still couples them "
+                                   "(pair with the target's --particle-weights target); default: none, every "
+                                   "particle follows the one global posterior (the paper's)")
     repulsion: float = opt(1.0, "weight of SVGD's repulsive (kernel-gradient) term: 1 is plain SVGD; above 1 the "
                            "particles spread further (the drive of many examples otherwise dwarfs it: 0.7 percent "
                            "of the drive in the first CPU grids); 0 leaves kernel-averaged, non-repelling particles")
@@ -173,17 +178,20 @@ class SourceConfig(MultiTaskConfig):
                              "backward passes: leave out --grad-accum and --particle-chunk")
         if self.interference_every < 0:
             raise BmtptError(f"--interference-every must be >= 0, got {self.interference_every}")
+        if self.specialise is not None and not 0 <= self.specialise <= 1:
+            raise BmtptError(f"--specialise must be a weight in [0, 1], got {self.specialise}")
         if self.method == "independent":  # no kernel: each prompt follows its own task's gradient
             given = [f"--{f.name.replace('_', '-')}" for f in fields(self)
                      if f.name in SVGD_KERNEL_OPTIONS and getattr(self, f.name) != f.default]
             if given:
-                raise BmtptError(f"{', '.join(given)} concern{'s' * (len(given) == 1)} SVGD's kernel; --method "
-                                 "independent trains each prompt alone and has none")
+                raise BmtptError(f"{', '.join(given)} concern{'s' * (len(given) == 1)} SVGD's particles; --method "
+                                 "independent trains each prompt alone on its own task")
 
 
-# options of SVGD's kernel and its task-interference diagnostic: a source stage of --method independent has
-# neither and refuses them
-SVGD_KERNEL_OPTIONS = ("bandwidth", "kernel_view", "repulsion", "repulsion_schedule", "interference_every")
+# options of SVGD's kernel, its task-interference diagnostic and its particles' task focus: a source stage of
+# --method independent has none of them and refuses them
+SVGD_KERNEL_OPTIONS = ("bandwidth", "kernel_view", "repulsion", "repulsion_schedule", "interference_every",
+                       "specialise")
 
 
 def parse_task_weights(spec: str | None, count: int | None = None) -> list[float] | None:
@@ -250,6 +258,10 @@ class TargetConfig(CommonConfig):
     prior_bandwidth_from: str | None = opt(None, "take the prior's bandwidth from this other source run's "
                                            "posterior.json (a one-particle posterior has none: an M = 1 ablation "
                                            "borrows its M-particle twin's, so that only M changes)")
+    particle_weights: str = opt("uniform", "how the source particles count in the start (--init mean) and the prior: "
+                                "uniform (the paper's), or target (each particle weighted by its likelihood of the "
+                                "target training set, up to 256 examples: the posterior probability of each "
+                                "particle given the target data; bmtpt and avg)", ("uniform", "target"))
     rank_one: bool = opt(False, "train a rank-one multiplicative factor theta0 * (u v^T) as well")
     lr_factor: float = opt(0.01, "learning rate of the rank-one factors u, v")
     shots: int | None = opt(None, "k-shot training: k training examples drawn with --seed, taking a classification "
@@ -344,6 +356,10 @@ class TargetConfig(CommonConfig):
                      if getattr(self, n) != _default(TargetConfig, n)]
             if given:
                 raise BmtptError(f"{', '.join(given)} concern{'s' * (len(given) == 1)} --method attempt's attention")
+        if self.particle_weights == "target" and (self.method not in ("bmtpt", "avg") or self.init != "mean"
+                                                  or self.particles > 1):
+            raise BmtptError("--particle-weights target weighs the source particles of one prompt's start and prior: "
+                             "it needs --method bmtpt or avg, --init mean and one target prompt")
         if not self.rank_one and self.lr_factor != _default(TargetConfig, "lr_factor"):
             raise BmtptError("--lr-factor is the learning rate of the rank-one factor: add --rank-one")
 

@@ -15,6 +15,12 @@ Shapes of p_hat (`--prior`):
 isotropic Gaussian's, 2 / h, so h (the bandwidth) and lambda set the overall strength whatever the shape.
 A small floor (`FLOOR` times the mean) keeps every precision positive and finite.
 
+`--particle-weights target` weighs the particles by their likelihood of the target training set (at most
+WEIGHT_EXAMPLES examples): w_m proportional to p(D_T | theta_m), the posterior probability of each particle
+once the target data are seen. The start becomes the weighted mean, the KDE a weighted mixture and the
+Gaussians' centre the weighted mean (their spread stays the particles'). With particles that specialise in
+one source task each (`bmtpt source --specialise`), this picks the related source's particle softly.
+
 `--prior-weight-rule` sets lambda_eff: `fixed` uses lambda as given (per step, against the per-token mean
 NLL); `bayes` divides it by the target training set's label tokens, as Bayes' rule does when the
 log-likelihood is the *sum* over the training set and the prior enters once: the prior then weighs less
@@ -23,8 +29,10 @@ as the target set grows.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
+from .data import batch_of
 from .errors import BmtptError
 from .runfiles import load_posterior
 from .svgd import diag_gaussian_log_density, gaussian_log_density, kde_log_density
@@ -32,6 +40,7 @@ from .svgd import diag_gaussian_log_density, gaussian_log_density, kde_log_densi
 KINDS = ("kde", "gaussian", "diag", "fisher")
 WEIGHT_RULES = ("fixed", "bayes")
 FLOOR = 0.01  # a precision's floor, relative to the mean precision before rescaling
+WEIGHT_EXAMPLES = 256  # target training examples that weigh the particles (a fixed seeded sample beyond that)
 SHRINK = 0.1  # diag: each coordinate's variance plus SHRINK x the mean variance (few particles, noisy variances)
 
 
@@ -47,11 +56,13 @@ def shaped_precision(raw: Tensor, bandwidth: float) -> Tensor:
 class PriorTerm:
     """log p_hat(theta) of the source posterior, differentiable in theta (l, d); see the module docstring."""
 
-    def __init__(self, particles: Tensor, bandwidth: float, kind: str = "kde", fisher: Tensor | None = None):
+    def __init__(self, particles: Tensor, bandwidth: float, kind: str = "kde", fisher: Tensor | None = None,
+                 log_weights: Tensor | None = None):
         if kind not in KINDS:
             raise BmtptError(f"unknown --prior {kind!r} (choose {', '.join(KINDS)})")
         self.particles, self.bandwidth, self.kind = particles, float(bandwidth), kind
-        self.mean = particles.mean(0)
+        self.log_weights = log_weights
+        self.mean = weighted_mean(particles, log_weights)
         self.precision = None
         if kind == "diag":
             if len(particles) < 2:
@@ -67,10 +78,34 @@ class PriorTerm:
     def __call__(self, theta: Tensor) -> Tensor:
         """Log density (up to a constant) at theta."""
         if self.kind == "kde":
-            return kde_log_density(theta, self.particles, self.bandwidth)
+            return kde_log_density(theta, self.particles, self.bandwidth, self.log_weights)
         if self.kind == "gaussian":
             return gaussian_log_density(theta, self.mean, self.bandwidth / 2)
         return diag_gaussian_log_density(theta, self.mean, self.precision)
+
+
+def weighted_mean(particles: Tensor, log_weights: Tensor | None = None) -> Tensor:
+    """The particles' mean, (l, d): plain, or weighted by softmax(log_weights)."""
+    if log_weights is None:
+        return particles.mean(0)
+    w = torch.softmax(log_weights.double(), 0).to(particles.dtype).to(particles.device)
+    return (w[:, None, None] * particles).sum(0)
+
+
+@torch.no_grad()
+def particle_log_weights(pm, particles: Tensor, enc, examples: int = WEIGHT_EXAMPLES, batch: int = 16) -> Tensor:
+    """log p(m | D_T), (M,): each particle's summed log-likelihood of the target training set's targets (at
+    most `examples` of them, a fixed seeded sample), normalised over the particles."""
+    n = len(enc)
+    ids = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:examples].tolist() if n > examples \
+        else list(range(n))
+    m = particles.shape[0]
+    loglik = torch.zeros(m, dtype=torch.float64)
+    for start in range(0, len(ids), batch):
+        part = ids[start:start + batch]
+        nll, _ = pm.example_nll(particles.to(pm.device), batch_of(enc, part, pm.pad_id, pm.is_seq2seq))
+        loglik -= nll.double().cpu().view(m, len(part)).sum(1)  # rows particle-major
+    return loglik - torch.logsumexp(loglik, 0)
 
 
 def prior_bandwidth(cfg, meta: dict) -> float:

@@ -94,6 +94,18 @@ def mixed_batch(encoded: list, samplers: list, per_task: list[int], pad_id: int,
     return collate(ins, tgts, pad_id, is_seq2seq)
 
 
+def task_focus(particles: int, num_tasks: int, alpha: float) -> Tensor:
+    """(M, K) likelihood weights of --specialise: 1 on particle m's own task (m mod K), alpha elsewhere.
+
+    alpha = 1 is the paper's global posterior for every particle; alpha = 0 gives each particle one task's
+    posterior (coupled only through the kernel). Between, each particle leans to one task and still sees the
+    others, so the target stage can weigh the particles by how well they fit the target (--particle-weights).
+    """
+    focus = torch.full((particles, num_tasks), float(alpha))
+    focus[torch.arange(particles), torch.arange(particles) % num_tasks] = 1.0
+    return focus
+
+
 def task_token_counts(batch, groups: Tensor, num_tasks: int) -> Tensor:
     """Target tokens of each task in the whole batch (at least 1): the denominators of the per-task losses."""
     dev = groups.device
@@ -143,6 +155,7 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
     parts = [r for r in rows.tensor_split(max(1, micro_batches)) if len(r)]
     for a in range(owned.start, owned.stop, chunk):
         b = min(owned.stop, a + chunk)
+        wa = w[a:b] if w.dim() == 2 else w  # (M, K) weights: each particle its own task focus (--specialise)
         log_post = torch.zeros((), device=dev)
         if prior_std is not None and with_prior:  # once per particle, not once per micro-batch
             log_post = -(leaf[a:b].float() ** 2).sum() / (2 * prior_std**2)
@@ -164,10 +177,11 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
                 per = per_task_losses(nll, g, b - a, num_tasks, counts)
             if task_scores is not None:
                 for k in range(num_tasks):
-                    (g_k,) = torch.autograd.grad((per[:, k] * w[k]).sum(), leaf, retain_graph=True, allow_unused=True)
+                    (g_k,) = torch.autograd.grad((per[:, k] * wa[..., k]).sum(), leaf, retain_graph=True,
+                                                 allow_unused=True)
                     if g_k is not None:
                         task_scores[k] -= g_k.detach().to(task_scores.dtype)
-            (-(log_post - (per * w).sum())).backward()
+            (-(log_post - (per * wa).sum())).backward()
             log_post = torch.zeros((), device=dev)
             losses[a:b] += per.detach().float().cpu()
     grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)  # a share without work
@@ -195,7 +209,7 @@ def function_space_step(pm: PromptedModel, particles: Tensor, batch, groups: Ten
         log_post = log_post - (leaf.float() ** 2).sum() / (2 * prior_std**2)
     if task_scores is not None:
         for k in range(num_tasks):
-            (g_k,) = torch.autograd.grad(-(per[:, k] * w[k]).sum(), leaf, retain_graph=True)
+            (g_k,) = torch.autograd.grad(-(per[:, k] * w[..., k]).sum(), leaf, retain_graph=True)
             task_scores[k] += g_k.detach().to(task_scores.dtype)
     (scores,) = torch.autograd.grad(log_post, leaf, retain_graph=True)
     features = -nll.view(m, b)
@@ -232,6 +246,8 @@ def run_source(cfg: SourceConfig, model=None, tokenizer=None) -> SourceResult:
     per_task = mixing_sizes(sizes, cfg.batch_size, cfg.mixing, cfg.mixing_temperature)
     weights = torch.tensor([float(n) if scale == "dataset" else (1.0 if scale == "mean" else scale) for n in sizes])
     weights = weights * torch.tensor(parse_task_weights(cfg.task_weights, len(tasks)) or [1.0] * len(tasks))
+    if cfg.specialise is not None:  # (M, K): particle m weighs its own task m mod K by 1, the others by alpha
+        weights = weights * task_focus(cfg.particles, len(tasks), cfg.specialise)
 
     initial = init_prompts(model, tokenizer, cfg.particles, cfg.prompt_length, cfg.init, cfg.seed)
     particles = torch.nn.Parameter(initial.clone().to(session.device))

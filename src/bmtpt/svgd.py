@@ -146,16 +146,20 @@ def svgd_direction(particles: Tensor, scores: Tensor, bandwidth: float | None = 
     return svgd_terms(particles, scores, bandwidth).direction
 
 
-def kde_log_density(x: Tensor, particles: Tensor, bandwidth: float) -> Tensor:
-    """Log of the (unnormalised) kernel density 1/M sum_m exp(-||x - x_m||^2 / h); differentiable in x.
+def kde_log_density(x: Tensor, particles: Tensor, bandwidth: float, log_weights: Tensor | None = None) -> Tensor:
+    """Log of the (unnormalised) kernel density sum_m w_m exp(-||x - x_m||^2 / h); differentiable in x.
 
-    The normalising constant (pi h)^(D/2) does not depend on x, so it is dropped: only gradients and
-    differences of this quantity are meaningful.
+    Weights w_m = 1/M unless `log_weights` (M,) gives them (normalised here). The normalising constant
+    (pi h)^(D/2) does not depend on x, so it is dropped: only gradients and differences of this quantity
+    are meaningful.
     """
     m = particles.shape[0]
     diff = x.reshape(1, -1).to(particles.dtype) - particles.reshape(m, -1)
     sq = (diff * diff).sum(-1)
-    return torch.logsumexp(-sq / bandwidth, dim=0) - math.log(m)
+    if log_weights is None:
+        return torch.logsumexp(-sq / bandwidth, dim=0) - math.log(m)
+    lw = log_weights.to(sq.dtype).to(sq.device)
+    return torch.logsumexp(-sq / bandwidth + lw, dim=0) - torch.logsumexp(lw, dim=0)
 
 
 def gaussian_log_density(x: Tensor, mean: Tensor, variance: float) -> Tensor:

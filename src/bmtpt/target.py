@@ -31,7 +31,7 @@ from .data import EpochSampler, batch_of
 from .distributed import Dist
 from .errors import BmtptError
 from .methods import TARGET_KINDS
-from .prior import PriorTerm, effective_weight, prior_bandwidth
+from .prior import PriorTerm, effective_weight, particle_log_weights, prior_bandwidth, weighted_mean
 from .prompted import PromptedModel
 from .prompts import init_prompts
 from .runfiles import (
@@ -59,14 +59,16 @@ class TargetResult:
     out: Path
 
 
-def initial_prompt(cfg: TargetConfig, model, tokenizer, particles: Tensor | None) -> Tensor:
-    """theta0 from --init: the particles' mean, one particle, or a fresh init (vocab, uniform, text, file)."""
+def initial_prompt(cfg: TargetConfig, model, tokenizer, particles: Tensor | None,
+                   log_weights: Tensor | None = None) -> Tensor:
+    """theta0 from --init: the particles' mean (weighted by `log_weights` when given), one particle, or a
+    fresh init (vocab, uniform, text, file)."""
     init = TARGET_KINDS[cfg.method].default_init if cfg.init == "mean" else cfg.init  # pt has no particles
     if init == "mean" or init.startswith("particle:"):
         if particles is None:
             raise BmtptError(f"--init {init} needs --posterior")
         if init == "mean":
-            return particles.mean(0).clone()
+            return weighted_mean(particles, log_weights).clone()
         try:
             k = int(init.split(":", 1)[1])
         except ValueError:
@@ -197,8 +199,10 @@ def prepare_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetSetup
     return TargetSetup(session, task, particles, meta, digest, train, dev, test, pm)
 
 
-def make_prior(cfg: TargetConfig, st: TargetSetup, enc) -> tuple[PriorTerm | None, float, float, float | None]:
-    """(prior term or None, lambda, effective lambda, the prior's bandwidth) of a run on the encoded training set."""
+def make_prior(cfg: TargetConfig, st: TargetSetup, enc, log_weights: Tensor | None = None
+               ) -> tuple[PriorTerm | None, float, float, float | None]:
+    """(prior term or None, lambda, effective lambda, the prior's bandwidth) of a run on the encoded training set;
+    `log_weights` weigh the particles (--particle-weights target)."""
     lam = cfg.prior_weight if TARGET_KINDS[cfg.method].prior else 0.0
     lam_eff = effective_weight(lam, cfg.prior_weight_rule, sum(len(t) for t in enc.targets))
     if st.particles is None or lam <= 0:
@@ -206,7 +210,7 @@ def make_prior(cfg: TargetConfig, st: TargetSetup, enc) -> tuple[PriorTerm | Non
     bandwidth = prior_bandwidth(cfg, st.meta)
     fisher = load_tensors(Path(cfg.posterior).expanduser() / "particles.safetensors").get("fisher") \
         if cfg.prior == "fisher" else None
-    return PriorTerm(st.particles.to(st.pm.device), bandwidth, cfg.prior, fisher), lam, lam_eff, bandwidth
+    return PriorTerm(st.particles.to(st.pm.device), bandwidth, cfg.prior, fisher, log_weights), lam, lam_eff, bandwidth
 
 
 def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
@@ -223,7 +227,10 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
     st = prepare_target(cfg, model, tokenizer)
     session, task, particles, meta, digest, pm = st.session, st.task, st.particles, st.meta, st.digest, st.pm
     train, dev, test, device = st.train, st.dev, st.test, pm.device
-    theta0 = torch.nn.Parameter(initial_prompt(cfg, pm.model, pm.tokenizer, particles).to(device))
+    enc = pm.encode(task, train, cfg.max_target_tokens)
+    # --particle-weights target: each particle's posterior probability given the target training set
+    log_w = particle_log_weights(pm, particles, enc) if cfg.particle_weights == "target" else None
+    theta0 = torch.nn.Parameter(initial_prompt(cfg, pm.model, pm.tokenizer, particles, log_w).to(device))
     groups = [{"params": [theta0], "lr": cfg.lr}]
     u = v = None
     if cfg.rank_one:
@@ -231,8 +238,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
         v = torch.nn.Parameter(torch.ones(theta0.shape[1], device=device))
         groups.append({"params": [u, v], "lr": cfg.lr_factor})
     opt = make_optimizer(groups, cfg.optimizer, cfg.weight_decay)
-    enc = pm.encode(task, train, cfg.max_target_tokens)
-    prior, lam, lam_eff, bandwidth = make_prior(cfg, st, enc)
+    prior, lam, lam_eff, bandwidth = make_prior(cfg, st, enc, log_w)
 
     sampler = EpochSampler(len(enc), cfg.seed)
     seen = train_sample(train, cfg.train_eval_examples, cfg.seed)
@@ -311,6 +317,7 @@ def run_target(cfg: TargetConfig, model=None, tokenizer=None) -> TargetResult:
                            "prior": cfg.prior if prior is not None else None,
                            "label_words": pm.words(task) if task.is_classification else None,
                            "prior_bandwidth": bandwidth if prior is not None else None,
+                           "particle_weights": None if log_w is None else [round(float(x), 6) for x in log_w.exp()],
                            "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
                            "metrics": metrics, "hyperparameters": cfg.to_dict()}, out / "target.json")
     session.finish()
