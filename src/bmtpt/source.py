@@ -138,6 +138,8 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
     particles, particle-parallel) restrict the work, and the prior enters only `with_prior`; the shares
     of all processes sum to the whole step's scores and losses (the others' entries are zero here).
 
+    `weights` are the tasks' log-likelihood weights, (K,), or one row per particle, (M, K) (--specialise).
+
     `task_scores` (K, M, l, d), when given, receives each task's part of the scores (its weighted
     log-likelihood's gradient; the K parts sum to the scores less the prior's), at the cost of K extra
     backward passes: what the task-interference matrix compares.
