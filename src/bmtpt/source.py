@@ -151,13 +151,12 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
     owned = owned if owned is not None else range(m)
     # target tokens of each task in the whole batch: the denominators of the per-task mean losses
     counts = task_token_counts(batch, groups, num_tasks)
-    w = weights.to(dev)
+    w = weights.to(dev).expand(m, num_tasks)  # (K,) or already (M, K): one row of task weights per particle
     chunk = chunk or m
     rows = torch.arange(len(groups), device=dev) if rows is None else rows.to(dev)
     parts = [r for r in rows.tensor_split(max(1, micro_batches)) if len(r)]
     for a in range(owned.start, owned.stop, chunk):
         b = min(owned.stop, a + chunk)
-        wa = w[a:b] if w.dim() == 2 else w  # (M, K) weights: each particle its own task focus (--specialise)
         log_post = torch.zeros((), device=dev)
         if prior_std is not None and with_prior:  # once per particle, not once per micro-batch
             log_post = -(leaf[a:b].float() ** 2).sum() / (2 * prior_std**2)
@@ -179,11 +178,11 @@ def particle_scores(pm: PromptedModel, particles: Tensor, batch, groups: Tensor,
                 per = per_task_losses(nll, g, b - a, num_tasks, counts)
             if task_scores is not None:
                 for k in range(num_tasks):
-                    (g_k,) = torch.autograd.grad((per[:, k] * wa[..., k]).sum(), leaf, retain_graph=True,
+                    (g_k,) = torch.autograd.grad((per[:, k] * w[a:b, k]).sum(), leaf, retain_graph=True,
                                                  allow_unused=True)
                     if g_k is not None:
                         task_scores[k] -= g_k.detach().to(task_scores.dtype)
-            (-(log_post - (per * wa).sum())).backward()
+            (-(log_post - (per * w[a:b]).sum())).backward()
             log_post = torch.zeros((), device=dev)
             losses[a:b] += per.detach().float().cpu()
     grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)  # a share without work
@@ -205,13 +204,13 @@ def function_space_step(pm: PromptedModel, particles: Tensor, batch, groups: Ten
     leaf = particles.detach().requires_grad_(True)
     nll, _ = pm.example_nll(leaf, batch)  # particle-major rows
     per = per_task_losses(nll, groups, m, num_tasks, task_token_counts(batch, groups, num_tasks))
-    w = weights.to(per.device)
+    w = weights.to(per.device).expand(m, num_tasks)  # (K,) or (M, K), as in particle_scores
     log_post = -(per * w).sum()
     if prior_std is not None:
         log_post = log_post - (leaf.float() ** 2).sum() / (2 * prior_std**2)
     if task_scores is not None:
         for k in range(num_tasks):
-            (g_k,) = torch.autograd.grad(-(per[:, k] * w[..., k]).sum(), leaf, retain_graph=True)
+            (g_k,) = torch.autograd.grad(-(per[:, k] * w[:, k]).sum(), leaf, retain_graph=True)
             task_scores[k] += g_k.detach().to(task_scores.dtype)
     (scores,) = torch.autograd.grad(log_post, leaf, retain_graph=True)
     features = -nll.view(m, b)
