@@ -106,3 +106,55 @@ def test_dev_intervals_resample_dev_results_and_fall_back_to_scores_when_some_ce
     del records[0]["dev_correct"]  # an older cell
     assert all(len(a) == 1 for a in cells_of(records, "lam10", 16, "dev", per_example=False)["mr"].values())
     assert comparison_lines(records, ["bmtpt", "lam10"], ["mr"], 16, ablations=["lam10"], n_boot=200, split="dev")
+
+
+def test_variance_parts_by_hand():
+    """Two seeds, two examples, one task: d = [[100, 0], [0, 0]]; per-seed means 50, 0 (sample variance
+    1250); per-example means over seeds 50, 0 (sample variance 1250, / 2 examples = 625)."""
+    from bmtpt.stats import seeds_for, variance_parts
+
+    a = {"t": {0: np.array([100.0, 0.0]), 1: np.array([0.0, 0.0])}}
+    b = {"t": {0: np.zeros(2), 1: np.zeros(2)}}
+    assert variance_parts(a, b, ["t"]) == (pytest.approx(1250.0), pytest.approx(625.0), 2)
+    # two tasks with the same differences: the average's parts are a quarter of the sum, i.e. half of one
+    two = variance_parts({"t": a["t"], "u": a["t"]}, {"t": b["t"], "u": b["t"]}, ["t", "u"])
+    assert two[:2] == (pytest.approx(625.0), pytest.approx(312.5))
+    # seeds for +-h: the smallest S with 1.96^2 (sp / S + tp) <= h^2
+    sp, tp = 40.0, 0.2
+    s = seeds_for(sp, tp, 1.5)
+    assert 1.96 * np.sqrt(sp / s + tp) <= 1.5 < 1.96 * np.sqrt(sp / (s - 1) + tp)
+    assert seeds_for(sp, 0.6, 1.5) is None  # the test sets alone exceed +-1.5
+
+
+def test_power_half_width_agrees_with_the_bootstrap_interval():
+    """With many seeds (so the bootstrap's ddof-0 seed variance is close to ddof 1), the normal
+    approximation's half-width of the average difference matches the two-level bootstrap's to ~10 %."""
+    from bmtpt.stats import variance_parts
+
+    rng = np.random.default_rng(7)
+    seeds = tuple(range(25))
+    cells = {"a": {}, "b": {}}
+    for t in ("t1", "t2"):
+        cells["a"][t], cells["b"][t] = {}, {}
+        for s in seeds:
+            base = rng.random(300)
+            shift = rng.normal(0, 0.08)  # seed-to-seed variation of the difference
+            cells["a"][t][s] = 100.0 * (base < 0.7 + shift)
+            cells["b"][t][s] = 100.0 * (base < 0.65)
+    reps = bootstrap(cells, ["t1", "t2"], n_boot=4000, seed=1)
+    lo, hi = np.percentile(reps["a"][:, -1] - reps["b"][:, -1], [2.5, 97.5])
+    sp, tp, n = variance_parts(cells["a"], cells["b"], ["t1", "t2"])
+    assert n == 25 and sp > 0 and tp > 0
+    assert 1.96 * np.sqrt(sp / n + tp) == pytest.approx((hi - lo) / 2, rel=0.1)
+
+
+def test_comparison_lines_report_power():
+    rng = np.random.default_rng(8)
+    records = []
+    for method, p in (("pt", 0.6), ("bmtpt", 0.62)):
+        for seed in (0, 1, 2):
+            x = (rng.random(1000) < p + rng.normal(0, 0.03)).astype(int)
+            records.append({"method": method, "task": "mr", "seed": seed, "shots": 16,
+                            "test_score": 100 * x.mean(), "test_correct": "".join(map(str, x))})
+    text = "\n".join(comparison_lines(records, ["pt", "bmtpt"], ["mr"], 16, n_boot=200))
+    assert "Power:" in text and "| bmtpt − pt | ±" in text

@@ -112,6 +112,52 @@ def intervals(est: np.ndarray, reps: np.ndarray, level: float = 0.95) -> list[In
     return [Interval(float(e), float(x), float(y)) for e, x, y in zip(est, lo, hi)]
 
 
+def variance_parts(a: Cells, b: Cells, tasks: Sequence[str]) -> tuple[float, float, int]:
+    """(seed part, test-set part, seeds) of the variance of the average paired difference a - b.
+
+    For each task, d[s, i] = a - b on seed s and test example i. The seed part is the variance over seeds
+    of the per-seed mean difference (divided by the number of seeds S it is averaged over, it shrinks
+    with more seeds); the test-set part is the variance over examples of the per-example mean difference
+    over seeds, divided by the number of examples (the test set is the same for every seed, so more seeds
+    do not shrink it). Both are averaged over tasks as the average score is (divided by T squared).
+    Sample variances (ddof 1); a task with one seed has no seed part (nan)."""
+    seed_part = test_part = 0.0
+    n_seeds = 0
+    for t in tasks:
+        d = np.stack([a[t][s] - b[t][s] for s in sorted(a[t])])  # (S, n)
+        n_seeds = d.shape[0]
+        seed_part += d.mean(1).var(ddof=1) if n_seeds > 1 else float("nan")
+        test_part += d.mean(0).var(ddof=1) / d.shape[1] if d.shape[1] > 1 else 0.0
+    t2 = len(tasks) ** 2
+    return seed_part / t2, test_part / t2, n_seeds
+
+
+def seeds_for(seed_part: float, test_part: float, half_width: float, z: float = 1.96) -> int | None:
+    """Seeds a normal-approximation interval z * sqrt(seed_part / S + test_part) needs to be at most
+    +-`half_width`; None when the test sets alone make it wider (more test examples are needed, not seeds)."""
+    room = (half_width / z) ** 2 - test_part
+    return None if room <= 0 or not np.isfinite(seed_part) else max(1, int(np.ceil(seed_part / room)))
+
+
+def power_lines(cells: Mapping[str, Cells], pairs: Sequence[tuple[str, str, str]], tasks: Sequence[str],
+                target: float = 1.5) -> list[str]:
+    """Markdown: for each paired difference on the average, its normal-approximation half-width now, the
+    share of its variance that more seeds would shrink, and the seeds a +-`target` interval needs."""
+    lines = [f"Power: the average difference's 95 % half-width by the normal approximation (two variance parts: "
+             f"between seeds, which more seeds shrink, and the fixed test sets'), and the seeds a ±{target} "
+             "interval would need with these test sets:", "",
+             "| difference | half-width now | seeds now | share from seeds | seeds for ±" + f"{target} |",
+             "|---|---|---|---|---|"]
+    for label, a, b in pairs:
+        seed_part, test_part, n = variance_parts(cells[a], cells[b], tasks)
+        now = 1.96 * np.sqrt(seed_part / n + test_part)
+        need = seeds_for(seed_part, test_part, target)
+        share = seed_part / n / (seed_part / n + test_part) if now > 0 else float("nan")
+        lines.append(f"| {label} | ±{now:.1f} | {n} | {100 * share:.0f} % | "
+                     f"{need if need is not None else 'more test examples needed'} |")
+    return lines
+
+
 def complete(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None
              ) -> tuple[list[str], list[int]]:
     """(methods, seeds) a fair comparison may use: the methods that finished every task for some seed, and
@@ -163,6 +209,8 @@ def comparison_lines(records: Sequence[dict], methods: Sequence[str], tasks: Seq
         ivs = intervals(est[a] - est[b], reps[a] - reps[b])
         lines.append(f"| {label} | " + " | ".join(f"**{i.signed()}**" if i.excludes_zero else i.signed()
                                                   for i in ivs) + " |")
+    if split == "test" and len(seeds) > 1 and whole:
+        lines += ["", *power_lines(cells, pairs, tasks)]
     return lines
 
 
