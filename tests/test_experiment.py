@@ -135,6 +135,13 @@ def test_method_variants_share_or_split_source_stages(tmp_path):
     stage = {c.method: c.stage.key for c in plan.cells if c.stage}
     assert stage["bmtpt"] == stage["noprior"] != stage["m1"] and stage["avg"] == stage["spot"]
     assert len(plan.stages) == 3  # shared over seeds unless source.per_seed
+    # a bmtpt variant whose particles are the per-task prompts trains no stage of its own: it reads avg's
+    task_prompts = {"name": "tp", "base": "bmtpt", "overrides": {"source": {"method": "independent"},
+                                                                 "target": {"particle_weights": "target"}}}
+    with_tp = plan_experiment(load_experiment(_config(tmp_path, methods=[*methods, task_prompts])))
+    tp = {c.method: c.stage for c in with_tp.cells if c.stage}
+    assert tp["tp"].key == tp["avg"].key and tp["tp"].kind == "independent" and len(with_tp.stages) == 3
+    assert {c.target.method for c in with_tp.cells if c.method == "tp"} == {"bmtpt"}
     k4 = [c for c in plan.cells if c.shots == 4]
     assert all(c.target.shots == 4 for c in k4)
     per_seed = plan_experiment(load_experiment(_config(tmp_path, methods=methods, source={"per_seed": True})))
@@ -168,6 +175,11 @@ def test_method_variants_share_or_split_source_stages(tmp_path):
     ({"per_target": ["synth-product"]}, "must map target tasks to options"),
     ({"methods": [{"name": "x", "base": "mpt", "overrides": {"source": {"repulsion": 2.0}}}]},
      "MPT's source stage has no repulsion"),
+    ({"methods": [{"name": "x", "base": "avg", "overrides": {"source": {"method": "svgd"}}}]},
+     "for base bmtpt only"),
+    ({"methods": [{"name": "x", "base": "bmtpt", "overrides": {"source": {"method": "mpt"}}}]},
+     "method must be one of svgd, independent"),
+    ({"source": {"method": "independent"}}, "unknown key 'method'"),
 ])
 def test_bad_configs_give_one_line_errors(tmp_path, change, message):
     with pytest.raises(BmtptError, match=message) as e:
@@ -383,3 +395,25 @@ def test_per_target_options_reach_only_that_tasks_cells_and_hashes(tmp_path):
             assert b.target.steps == (5 if b.method == "bmtpt" else 4)
         else:
             assert b.target == a.target and a.config_hash == b.config_hash
+
+
+def test_a_bmtpt_variant_on_the_per_task_prompts_runs_from_avgs_stage(tmp_path, tiny_llama):
+    """overrides.source.method independent: the bmtpt cell reads avg's stage (one prompt per source task) as
+    its particles, its start is their target-likelihood-weighted mean, and no SVGD stage is trained."""
+    import torch
+    from safetensors.torch import load_file
+
+    tp = {"name": "tp", "base": "bmtpt", "overrides": {"source": {"method": "independent"},
+                                                       "target": {"particle_weights": "target"}}}
+    res = run_experiment(_config(tmp_path / "exp", methods=["avg", tp], seeds=[0]), *tiny_llama, plots=False,
+                         echo=None)
+    assert res.ran == 2
+    stages = sorted(p.name for p in (tmp_path / "exp" / "sources").iterdir())
+    assert len(stages) == 1 and stages[0].startswith("independent-")
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "exp").rglob("target.json")]
+    tp_meta = [m for m in metas if m.get("particle_weights") is not None]
+    assert len(metas) == 2 and len(tp_meta) == 1  # avg's run has no particle weights, tp's has one per prompt
+    w = tp_meta[0]["particle_weights"]
+    assert len(w) == 2 and sum(w) == pytest.approx(1, abs=1e-5)
+    parts = load_file(str(tmp_path / "exp" / "sources" / stages[0] / "particles.safetensors"))["particles"]
+    assert parts.shape[0] == 2 and torch.isfinite(parts).all()

@@ -32,7 +32,8 @@ TOP_RUN_KEYS = ("model", "data_dir", "device", "trust_remote_code")
 STRUCT_KEYS = ("name", "out", "sources_dir", "backbone", "progress", "sources", "source", "targets", "target",
                "seeds", "shots", "methods", "spot", "mpt", "per_target")
 COMMON_KEYS = {f.name for f in dataclasses.fields(CommonConfig)} - RUN_KEYS
-SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceConfig)} - RUN_KEYS - {"tasks", "method"}
+# "method" only for base bmtpt: its posterior may be one prompt per source task (the independent stage)
+SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceConfig)} - RUN_KEYS - {"tasks"}
 TARGET_KEYS = {f.name for f in dataclasses.fields(TargetConfig)} - RUN_KEYS - {"task", "posterior", "method"}
 MPT_KEYS = {"lr_factor", "factor_init"}
 # what an MPT source stage reads of the `source:` options (the rest are SVGD's: a global `source:` sets them for
@@ -219,6 +220,9 @@ def _methods(where: str, raw) -> list[MethodSpec]:
             fail(at, f"method {name!r} (base {base}) fixes target option(s) {', '.join(sorted(clash))}")
         if parsed["source"] and STAGE_KIND[base] is None:
             fail(at, f"method {name!r} (base {base}) has no source stage to override")
+        if "method" in parsed["source"] and base != "bmtpt":  # (the choices svgd | independent: SourceConfig's)
+            fail(at, f"method {name!r}: overrides.source.method is for base bmtpt only (independent: its particles "
+                 "are one prompt per source task, the stage avg and spot train)")
         if "particles" in parsed["source"] and base != "bmtpt":
             fail(at, f"method {name!r} (base {base}) fixes the number of source prompts")
         svgd_only = sorted(set(parsed["source"]) - MPT_STAGE_KEYS) if STAGE_KIND[base] == "mpt" else []
@@ -314,7 +318,7 @@ def load_experiment(config: str | Path | dict) -> ExperimentConfig:
         targets=_task_list(f"{where}: targets", raw["targets"]),
         methods=_methods(f"{where}: methods", raw["methods"]),
         common=_section(where, {k: v for k, v in raw.items() if k in COMMON_KEYS}, COMMON_KEYS),
-        source=_section(f"{where}: source", source, SOURCE_KEYS), source_per_seed=per_seed,
+        source=_section(f"{where}: source", source, SOURCE_KEYS - {"method"}), source_per_seed=per_seed,
         target=_section(f"{where}: target", raw.get("target"), TARGET_KEYS, TargetConfig),
         per_target=_per_target(f"{where}: per_target", raw.get("per_target"), raw["targets"]),
         seeds=_int_list(f"{where}: seeds", raw.get("seeds", [0]), False),

@@ -82,7 +82,8 @@ def _build(cls, values: dict, where: str):
 def _stage(exp: ExperimentConfig, spec: MethodSpec, seed: int, run: dict, source_root: Path,
            stages: dict[str, Stage]) -> Stage | None:
     """The source stage of one method for one seed (None for pt), added to `stages` when new."""
-    kind = STAGE_KIND[spec.base]
+    # a bmtpt variant may take one prompt per source task as its particles (overrides.source.method)
+    kind = spec.overrides["source"].get("method", STAGE_KIND[spec.base])
     if kind is None:
         return None
     s_seed = seed if exp.source_per_seed else exp.seeds[0]
