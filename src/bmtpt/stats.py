@@ -199,7 +199,10 @@ def comparison_lines(records: Sequence[dict], methods: Sequence[str], tasks: Seq
     pairs = [(f"{reference} − {b}", reference, b) for b in ("pt", "avg") if b in present]
     if present:
         best = max(present, key=lambda b: est[b][-1])
-        pairs.append((f"{reference} − best baseline ({best})", reference, best))
+        if best in ("pt", "avg"):  # already a row: mark it rather than repeat it
+            pairs = [(f"{lab} (best baseline)" if b == best else lab, a, b) for lab, a, b in pairs]
+        else:
+            pairs.append((f"{reference} − best baseline ({best})", reference, best))
     pairs += [(f"{a} − {reference}", a, reference) for a in ablations if a in methods]
     if not pairs:
         return lines
