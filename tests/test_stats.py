@@ -107,7 +107,9 @@ def test_dev_intervals_resample_dev_results_and_fall_back_to_scores_when_some_ce
         np.mean([r["dev_score"] for r in records if r["method"] == "lam10"]))
     del records[0]["dev_correct"]  # an older cell
     assert all(len(a) == 1 for a in cells_of(records, "lam10", 16, "dev", per_example=False)["mr"].values())
-    assert comparison_lines(records, ["bmtpt", "lam10"], ["mr"], 16, ablations=["lam10"], n_boot=200, split="dev")
+    coarse = "\n".join(comparison_lines(records, ["bmtpt", "lam10"], ["mr"], 16, ablations=["lam10"], n_boot=200,
+                                         split="dev"))
+    assert "seeds only" in coarse and "| lam10 − bmtpt | +" in coarse  # said so, and not marked significant
 
 
 def test_variance_parts_by_hand():
