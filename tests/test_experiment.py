@@ -68,7 +68,7 @@ def test_grid_runs_every_cell_and_renders(grid):
         assert len(r["test_correct"]) == r["test_examples"]
         assert 100 * r["test_correct"].count("1") / r["test_examples"] == pytest.approx(r["test_score"])
         assert 100 * r["dev_correct"].count("1") / r["dev_examples"] == pytest.approx(r["dev_score"])
-    assert "### Confidence intervals" in md and "| bmtpt − pt |" in md and "dev-selected step 0" in md
+    assert "### Confidence intervals" in md and "| bmtpt − pt (best baseline) |" in md and "dev-selected step 0" in md
     assert "Mean dev score [95 % interval]" in md and "bootstrap replicates over seeds and dev examples" in md
     assert "## Source stages: dev scores of the final prompts" in md
     for name in ("curves-full.png", "prompts-pca.png", "source-losses.png"):
