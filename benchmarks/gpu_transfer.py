@@ -13,6 +13,12 @@ start when that exceeds --budget-min (exit status 2; --force runs anyway).
     python benchmarks/gpu_transfer.py --dry-run        # the projection and the config (YAML) only
     python benchmarks/gpu_transfer.py --tiny --data-dir ../shared/data --out /tmp/t --results /tmp/r
                                                        # the same pipeline on a tiny random Llama, on the CPU
+    python benchmarks/gpu_transfer.py --methods pt,spot,bmtpt --shots 16 --seeds 12 --out runs/gpu-power \
+        --results benchmarks/results/gpu-power         # a power run: fewer methods, more seeds
+
+The CPU grid's intervals are seed-bound (results.md's power table: 88 % of bmtpt - pt's variance is between
+seeds, ~56 seeds for +-1.5), so --seeds N (seeds 0..N-1) with --methods and --shots spends a GPU session on
+the comparison that matters; the projection and the budget check cover the selection.
 
 At this scale a GPU step is bound by kernel launches and Python, not arithmetic (~70 ms whatever the batch),
 so the budget buys few target steps per cell: larger batches are almost free, more steps are not.
@@ -121,6 +127,50 @@ def gpu_config(data_dir: str = "../shared/data", out: str = "runs/gpu-transfer")
     return merge(cpu_design(), {**GPU_SCALE, "out": out, "data_dir": data_dir})
 
 
+def select(config: dict, methods: str | None = None, shots: str | None = None, seeds: int | None = None) -> dict:
+    """`config` limited to some methods (comma-separated names), few-shot settings ("16", "full") and the
+    seeds 0..seeds-1; a name or setting the design lacks is a BmtptError."""
+    from bmtpt.errors import BmtptError
+
+    out = copy.deepcopy(config)
+    name = lambda m: m if isinstance(m, str) else m["name"]  # noqa: E731
+    if methods:
+        want = [m.strip() for m in methods.split(",") if m.strip()]
+        known = [name(m) for m in out["methods"]]
+        bad = [m for m in want if m not in known]
+        if bad or not want:
+            raise BmtptError(f"--methods: unknown method(s) {', '.join(bad) or '(none given)'} "
+                             f"(choose from {', '.join(known)})")
+        out["methods"] = [m for m in out["methods"] if name(m) in want]
+    if shots:
+        parse = {"full": None}
+        want_shots = []
+        for x in shots.split(","):
+            x = x.strip()
+            if x not in parse and not x.isdigit():
+                raise BmtptError(f"--shots: {x!r} is not a number of examples or 'full'")
+            want_shots.append(parse.get(x, int(x) if x.isdigit() else None))
+        if bad := [x for x in want_shots if x not in out["shots"]]:
+            raise BmtptError(f"--shots: {bad[0] or 'full'} is not in the design's shots "
+                             f"({', '.join(str(x or 'full') for x in out['shots'])})")
+        out["shots"] = [x for x in out["shots"] if x in want_shots]
+        kept = []
+        for m in out["methods"]:  # a method limited to other shots drops out
+            if isinstance(m, dict) and "shots" in m:
+                m["shots"] = [x for x in m["shots"] if x in want_shots]
+                if not m["shots"]:
+                    continue
+            kept.append(m)
+        if not kept:
+            raise BmtptError("--shots/--methods: no method runs in the selected shots")
+        out["methods"] = kept
+    if seeds is not None:
+        if seeds < 1:
+            raise BmtptError(f"--seeds must be a positive number of seeds, got {seeds}")
+        out["seeds"] = list(range(seeds))
+    return out
+
+
 def tiny_config(data_dir: str, out: str, model_dir: str) -> dict:
     """The tiny CPU version: the CPU design with TINY_SCALE layered on it and a tiny model folder."""
     return merge(cpu_design(), {**TINY_SCALE, "out": out, "data_dir": data_dir, "model": model_dir})
@@ -156,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the projection and the config, run nothing")
     p.add_argument("--tiny", action="store_true", help="a tiny random Llama on the CPU, a handful of steps (tests)")
     p.add_argument("--no-plots", action="store_true", help="results.md without the PNGs")
+    p.add_argument("--methods", help="only these methods, comma-separated (e.g. pt,spot,bmtpt); default: all")
+    p.add_argument("--shots", help="only these settings, comma-separated: 16, full; default: both")
+    p.add_argument("--seeds", type=int, help="run seeds 0..N-1 instead of the design's 0, 1, 2 (a power run)")
     a = p.parse_args(argv)
     from bmtpt.errors import BmtptError
 
@@ -177,6 +230,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
     else:
         config = gpu_config(a.data_dir, str(out))
         load_s = model_load_seconds(config["model"])
+    config = select(config, a.methods, a.shots, a.seeds)
     proj = project(config, model_load_s=load_s)  # planning never loads the model (the tiny one is written below)
     print(format_projection(proj, a.budget_min) + (" [GPU units; --tiny runs on the CPU]" if a.tiny else ""))
     if a.dry_run:

@@ -141,3 +141,31 @@ def test_tiny_run_end_to_end_on_the_cpu(gt, tmp_path, capsys):
     assert all(c["wall_s"] is not None and c["projected_s"] > 0 for c in t["cells"].values())
     assert t["projected"]["total_s"] > 0 and len(t["units_logged"]["stages"]) == 3
     assert "# Experiment `gpu-transfer-tiny`" in (results / "results.md").read_text()
+
+
+def test_a_power_run_selects_methods_shots_and_seeds(gt, capsys):
+    """--methods / --shots / --seeds limit the design, and the projection counts exactly the selected cells:
+    3 methods x 3 targets x 12 seeds, 16-shot only, and only the stages those methods read."""
+    cfg = gt.select(gt.gpu_config(), "pt,spot,bmtpt", "16", 12)
+    assert sorted(m if isinstance(m, str) else m["name"] for m in cfg["methods"]) == ["bmtpt", "pt", "spot"]
+    assert cfg["shots"] == [16] and cfg["seeds"] == list(range(12))
+    p = gt.project(cfg, model_load_s=gt.MODEL_LOAD_CACHED_S)
+    assert p["n_cells"] == 3 * 3 * 12 and p["n_stages"] == 2  # svgd (bmtpt) and independent (spot)
+    # a full-data-only selection keeps the methods that run there (pt, bmtpt), not the 16-shot-only ones
+    full = gt.select(gt.gpu_config(), None, "full", None)
+    assert gt.project(full, model_load_s=0)["n_cells"] == 2 * 3 * 3
+    assert gt.main(["--methods", "pt,bmtpt", "--seeds", "2", "--dry-run"]) == 0
+    assert "(24 cells, 1 source stages)" in capsys.readouterr().out  # 2 methods x 3 targets x 2 seeds x 2 shots
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "pt,nope"], "unknown method(s) nope"),
+    (["--shots", "8"], "8 is not in the design's shots"),
+    (["--shots", "many"], "'many' is not a number"),
+    (["--seeds", "0"], "--seeds must be a positive"),
+    (["--methods", "spot", "--shots", "full"], "no method runs"),
+])
+def test_bad_selections_are_one_line_errors(gt, capsys, args, message):
+    assert gt.main([*args, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
