@@ -40,6 +40,10 @@ def test_eval_of_a_target_run_reproduces_its_recorded_scores(runs, tiny_llama, s
     assert got["synth-product"]["examples"] == tgt.metrics[f"{split}_examples"] == 10
     saved = json.loads((tgt.out / f"eval-{split}.json").read_text())
     assert saved["split"] == split and saved["results"] == got
+    calib = got["synth-product"]["calibration"]  # a rank-classified task: its label probabilities' calibration
+    assert calib["accuracy"] == pytest.approx(got["synth-product"]["accuracy"], abs=1e-6)
+    if split == "test":  # the target run recorded the same on its final test pass
+        assert calib == pytest.approx(tgt.metrics["test_calibration"], abs=1e-6)
 
 
 def test_eval_of_a_source_run_scores_the_particles_mean_on_every_source_task(runs, tiny_llama):

@@ -10,7 +10,8 @@ from .errors import BmtptError
 from .prompted import PromptedModel
 from .runfiles import atomic_write_json, load_posterior, load_prompt_tensor, read_json_object, refuse_ensemble
 from .runs import check_data_dir, load_split, resolve_device
-from .tasks import get_task, score_of
+from .target import predict_score_calibrate
+from .tasks import get_task
 from .toolconfig import EvalConfig
 
 
@@ -18,7 +19,9 @@ def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
     """Metrics of the run's prompt on cfg.split: {task: {metric: value, 'score': mean}}.
 
     A target run evaluates its prompt on its task; a source run evaluates the particles' mean prompt
-    on every source task. The result is also written to RUN_DIR/eval-SPLIT.json.
+    on every source task. A rank-classified task also gets 'calibration' (accuracy, NLL, ECE over 15 bins,
+    accuracy on the 80 % most confident: `metrics.calibration`). The result is also written to
+    RUN_DIR/eval-SPLIT.json.
     """
     cfg.validate()
     run = Path(cfg.run_dir).expanduser()
@@ -54,8 +57,9 @@ def run_eval(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
         task = get_task(name)
         # the run's own rule: a capped split is the same fixed sample the target stage scored
         examples = load_split(task, cfg.split, split_cfg, cfg.max_eval_examples)
-        m = pm.evaluate(prompt.to(pm.device), task, examples, cfg.eval_mode, cfg.eval_batch_size)
-        results[task.name] = {**m, "score": score_of(m), "examples": len(examples)}
+        # rank-classified tasks also get the calibration of their label probabilities (as target runs record)
+        m, _, calib = predict_score_calibrate(pm, prompt.to(pm.device), task, examples, cfg)  # m has 'score'
+        results[task.name] = {**m, "examples": len(examples), **({"calibration": calib} if calib else {})}
     atomic_write_json({"split": cfg.split, "eval_mode": cfg.eval_mode, "results": results},
                       run / f"eval-{cfg.split}.json")
     return results
