@@ -162,3 +162,14 @@ def test_comparison_lines_report_power():
                             "test_score": 100 * x.mean(), "test_correct": "".join(map(str, x))})
     text = "\n".join(comparison_lines(records, ["pt", "bmtpt"], ["mr"], 16, n_boot=200))
     assert "Power:" in text and "| bmtpt − pt (best baseline) | ±" in text
+
+
+def test_a_method_on_fewer_seeds_does_not_shrink_the_main_comparison():
+    from bmtpt.stats import split_by_seeds
+
+    recs = [{"method": m, "task": t, "seed": s, "shots": 16} for m in ("pt", "bmtpt") for t in ("a", "b")
+            for s in (0, 1, 2)]
+    recs += [{"method": "post3", "task": t, "seed": 0, "shots": 16} for t in ("a", "b")]
+    recs += [{"method": "ens3", "task": "a", "seed": 0, "shots": 16}]  # unfinished: in neither list
+    assert split_by_seeds(recs, ["pt", "bmtpt", "post3", "ens3"], ["a", "b"], 16) == (["pt", "bmtpt"], ["post3"])
+    assert split_by_seeds(recs, ["pt"], ["a", "b"], None) == ([], [])

@@ -17,7 +17,7 @@ import torch
 
 from .grid import Plan
 from .runfiles import load_tensors, read_jsonl_log
-from .stats import comparison_lines, selection_lines
+from .stats import comparison_lines, selection_lines, split_by_seeds
 
 SUITE_TITLES = {"glue": "GLUE", "superglue": "SuperGLUE", "qa": "QA", "mrqa": "MRQA", "other": "Other",
                 "synth": "Synth"}
@@ -291,14 +291,18 @@ def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True
         lines += [f"## {title}", "", *score_table(plan, records, shots), ""]
         names = [m.name for m in exp.methods]
         ablations = [m.name for m in exp.methods if m.base == "bmtpt" and m.name != "bmtpt"]
-        ci = comparison_lines(records, names, list(exp.targets), shots, ablations=ablations)
+        main, fewer = split_by_seeds(records, names, list(exp.targets), shots)
+        ci = comparison_lines(records, main, list(exp.targets), shots, ablations=ablations)
+        if fewer and "bmtpt" in main:  # e.g. seed-0-only ensembles: against bmtpt on their own seeds
+            ci += ["", "Methods run on fewer seeds, against bmtpt on the seeds they share:", "",
+                   *comparison_lines(records, ["bmtpt", *fewer], list(exp.targets), shots, ablations=fewer)]
         if ci:
             lines += ["### Confidence intervals", "", *ci, ""]
         lines += ["### Model selection", "", *selection_lines(records, names, shots), "",
                   "Dev scores of the selected prompts (what settings are chosen on; mean ± std over seeds):", "",
                   *score_table(plan, records, shots, "dev_score"), ""]
         if any(r.get("dev_correct") for r in records if r["shots"] == shots):  # kept since 2026-12-02
-            dev_ci = comparison_lines(records, names, list(exp.targets), shots, ablations=ablations, split="dev")
+            dev_ci = comparison_lines(records, main, list(exp.targets), shots, ablations=ablations, split="dev")
             lines += ["The same comparison on the dev scores settings are chosen on (a bootstrap over seeds and "
                       "dev examples where every cell kept its dev results, over seeds only otherwise):", "",
                       *dev_ci, ""] if dev_ci else []

@@ -169,6 +169,17 @@ def complete(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[st
     return kept, [s for s in seeds if kept and all(whole(m, s) for m in kept)]
 
 
+def split_by_seeds(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None
+                   ) -> tuple[list[str], list[str]]:
+    """(methods that finished every task on the most seeds any method did, methods on fewer seeds): a method
+    run on seed 0 only must not shrink the main comparison to seed 0."""
+    done = {(r["method"], r["task"], r["seed"]) for r in records if r["shots"] == shots}
+    seeds = sorted({r["seed"] for r in records if r["shots"] == shots})
+    count = {m: sum(all((m, t, s) in done for t in tasks) for s in seeds) for m in methods}
+    most = max(count.values(), default=0)
+    return [m for m in methods if 0 < count[m] == most], [m for m in methods if 0 < count[m] < most]
+
+
 def comparison_lines(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None,
                      reference: str = "bmtpt", baselines: Sequence[str] = ("pt", "avg", "spot", "mpt"),
                      ablations: Sequence[str] = (), n_boot: int = 2000, split: str = "test") -> list[str]:
