@@ -114,11 +114,16 @@ def merge(base: dict, over: dict) -> dict:
 LATER_METHODS = ("attempt", "bmtpt-post3", "bmtpt-ens3", "bmtpt-tw-task")
 
 
+def method_name(m: str | dict) -> str:
+    """A `methods:` entry's name (a bare name, or a mapping with `name`)."""
+    return m if isinstance(m, str) else m["name"]
+
+
 def cpu_design() -> dict:
     """benchmarks/configs/cpu-transfer.yaml as a dict, without the methods it gained after this run was priced."""
     design = yaml.safe_load(CPU_CONFIG.read_text())
     design["methods"] = [m for m in design["methods"]
-                         if (m if isinstance(m, str) else m.get("name")) not in LATER_METHODS]
+                         if method_name(m) not in LATER_METHODS]
     return design
 
 
@@ -133,23 +138,20 @@ def select(config: dict, methods: str | None = None, shots: str | None = None, s
     from bmtpt.errors import BmtptError
 
     out = copy.deepcopy(config)
-    name = lambda m: m if isinstance(m, str) else m["name"]  # noqa: E731
     if methods:
         want = [m.strip() for m in methods.split(",") if m.strip()]
-        known = [name(m) for m in out["methods"]]
+        known = [method_name(m) for m in out["methods"]]
         bad = [m for m in want if m not in known]
         if bad or not want:
             raise BmtptError(f"--methods: unknown method(s) {', '.join(bad) or '(none given)'} "
                              f"(choose from {', '.join(known)})")
-        out["methods"] = [m for m in out["methods"] if name(m) in want]
+        out["methods"] = [m for m in out["methods"] if method_name(m) in want]
     if shots:
-        parse = {"full": None}
         want_shots = []
-        for x in shots.split(","):
-            x = x.strip()
-            if x not in parse and not x.isdigit():
+        for x in (x.strip() for x in shots.split(",")):
+            if x != "full" and not x.isdigit():
                 raise BmtptError(f"--shots: {x!r} is not a number of examples or 'full'")
-            want_shots.append(parse.get(x, int(x) if x.isdigit() else None))
+            want_shots.append(None if x == "full" else int(x))
         if bad := [x for x in want_shots if x not in out["shots"]]:
             raise BmtptError(f"--shots: {bad[0] or 'full'} is not in the design's shots "
                              f"({', '.join(str(x or 'full') for x in out['shots'])})")

@@ -32,8 +32,9 @@ TOP_RUN_KEYS = ("model", "data_dir", "device", "trust_remote_code")
 STRUCT_KEYS = ("name", "out", "sources_dir", "backbone", "progress", "sources", "source", "targets", "target",
                "seeds", "shots", "methods", "spot", "mpt", "per_target")
 COMMON_KEYS = {f.name for f in dataclasses.fields(CommonConfig)} - RUN_KEYS
-# "method" only for base bmtpt: its posterior may be one prompt per source task (the independent stage)
-SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceConfig)} - RUN_KEYS - {"tasks"}
+SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceConfig)} - RUN_KEYS - {"tasks", "method"}
+# a method's overrides may also set "method" (base bmtpt only: its particles may be the per-task prompts)
+OVERRIDE_SOURCE_KEYS = SOURCE_KEYS | {"method"}
 TARGET_KEYS = {f.name for f in dataclasses.fields(TargetConfig)} - RUN_KEYS - {"task", "posterior", "method"}
 MPT_KEYS = {"lr_factor", "factor_init"}
 # what an MPT source stage reads of the `source:` options (the rest are SVGD's: a global `source:` sets them for
@@ -211,7 +212,7 @@ def _methods(where: str, raw) -> list[MethodSpec]:
         ov = item.get("overrides") or {}
         if not isinstance(ov, dict) or set(ov) - {"source", "target", "spot", "mpt"}:
             fail(at, "overrides must be a mapping with keys among source, target, spot, mpt")
-        parsed = {"source": _section(f"{at}.overrides.source", ov.get("source"), SOURCE_KEYS),
+        parsed = {"source": _section(f"{at}.overrides.source", ov.get("source"), OVERRIDE_SOURCE_KEYS),
                   "target": _section(f"{at}.overrides.target", ov.get("target"), TARGET_KEYS, TargetConfig),
                   "spot": _spot(f"{at}.overrides.spot", ov.get("spot"), {}),
                   "mpt": _section(f"{at}.overrides.mpt", ov.get("mpt"), MPT_KEYS, MptConfig)}
@@ -318,7 +319,7 @@ def load_experiment(config: str | Path | dict) -> ExperimentConfig:
         targets=_task_list(f"{where}: targets", raw["targets"]),
         methods=_methods(f"{where}: methods", raw["methods"]),
         common=_section(where, {k: v for k, v in raw.items() if k in COMMON_KEYS}, COMMON_KEYS),
-        source=_section(f"{where}: source", source, SOURCE_KEYS - {"method"}), source_per_seed=per_seed,
+        source=_section(f"{where}: source", source, SOURCE_KEYS), source_per_seed=per_seed,
         target=_section(f"{where}: target", raw.get("target"), TARGET_KEYS, TargetConfig),
         per_target=_per_target(f"{where}: per_target", raw.get("per_target"), raw["targets"]),
         seeds=_int_list(f"{where}: seeds", raw.get("seeds", [0]), False),

@@ -152,30 +152,34 @@ def power_lines(cells: Mapping[str, Cells], pairs: Sequence[tuple[str, str, str]
         seed_part, test_part, n = variance_parts(cells[a], cells[b], tasks)
         now = 1.96 * np.sqrt(seed_part / n + test_part)
         need = seeds_for(seed_part, test_part, target)
-        share = seed_part / n / (seed_part / n + test_part) if now > 0 else float("nan")
+        share = (seed_part / n) / (now / 1.96) ** 2 if now > 0 else float("nan")
         lines.append(f"| {label} | ±{now:.1f} | {n} | {100 * share:.0f} % | "
                      f"{need if need is not None else 'more test examples needed'} |")
     return lines
+
+
+def finished_seeds(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None
+                   ) -> tuple[dict[str, set[int]], list[int]]:
+    """({method: the seeds on which it finished every task}, every seed of the setting's records)."""
+    done = {(r["method"], r["task"], r["seed"]) for r in records if r["shots"] == shots}
+    seeds = sorted({r["seed"] for r in records if r["shots"] == shots})
+    return {m: {s for s in seeds if all((m, t, s) in done for t in tasks)} for m in methods}, seeds
 
 
 def complete(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None
              ) -> tuple[list[str], list[int]]:
     """(methods, seeds) a fair comparison may use: the methods that finished every task for some seed, and
     the seeds on which all of those finished every task (a partial grid compares what it has)."""
-    done = {(r["method"], r["task"], r["seed"]) for r in records if r["shots"] == shots}
-    seeds = sorted({r["seed"] for r in records if r["shots"] == shots})
-    whole = lambda m, s: all((m, t, s) in done for t in tasks)  # noqa: E731
-    kept = [m for m in methods if any(whole(m, s) for s in seeds)]
-    return kept, [s for s in seeds if kept and all(whole(m, s) for m in kept)]
+    whole, seeds = finished_seeds(records, methods, tasks, shots)
+    kept = [m for m in methods if whole[m]]
+    return kept, [s for s in seeds if kept and all(s in whole[m] for m in kept)]
 
 
 def split_by_seeds(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None
                    ) -> tuple[list[str], list[str]]:
     """(methods that finished every task on the most seeds any method did, methods on fewer seeds): a method
     run on seed 0 only must not shrink the main comparison to seed 0."""
-    done = {(r["method"], r["task"], r["seed"]) for r in records if r["shots"] == shots}
-    seeds = sorted({r["seed"] for r in records if r["shots"] == shots})
-    count = {m: sum(all((m, t, s) in done for t in tasks) for s in seeds) for m in methods}
+    count = {m: len(s) for m, s in finished_seeds(records, methods, tasks, shots)[0].items()}
     most = max(count.values(), default=0)
     return [m for m in methods if 0 < count[m] == most], [m for m in methods if 0 < count[m] < most]
 
@@ -212,7 +216,7 @@ def comparison_lines(records: Sequence[dict], methods: Sequence[str], tasks: Seq
     pairs = [(f"{reference} − {b}", reference, b) for b in ("pt", "avg") if b in present]
     if present:
         best = max(present, key=lambda b: est[b][-1])
-        if best in ("pt", "avg"):  # already a row: mark it rather than repeat it
+        if any(b == best for _, _, b in pairs):  # already a row: mark it rather than repeat it
             pairs = [(f"{lab} (best baseline)" if b == best else lab, a, b) for lab, a, b in pairs]
         else:
             pairs.append((f"{reference} − best baseline ({best})", reference, best))
