@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +58,29 @@ def test_render_report_without_plots_names_the_missing_cells(tmp_path):
     text = path.read_text()
     assert path.name == "results.md" and "| pt |" in text and not list(out.glob("*.png"))
     assert "1 of 8 cells finished" in text
+
+
+def test_report_names_the_cell_folders_and_stages_it_could_not_read(tmp_path):
+    """A results.jsonl copied without its runs renders its tables, and says what it left out and why."""
+    import os
+
+    from bmtpt.plots import missing_lines
+
+    plan = _plan(tmp_path)
+    out = tmp_path / "exp"
+    stage = next(s for s in plan.stages.values() if s.seed == 0)
+    records = [{**_record(m, "synth-product", 0, 60.0), "run_dir": f"cells/{m}",
+                "source_stage": os.path.relpath(stage.cfg.out, out) if m == "bmtpt" else None}
+               for m in ("pt", "bmtpt")]
+    note = "".join(missing_lines(out, plan, records))
+    assert "2 of 2 cell folders" in note and f"1 source stage(s) ({stage.key})" in note
+    for m in ("pt", "bmtpt"):  # the cells' logs and the stage's posterior are back: nothing to say
+        (out / "cells" / m).mkdir(parents=True)
+        (out / "cells" / m / "metrics.jsonl").write_text("{}\n")
+    Path(stage.cfg.out).mkdir(parents=True)
+    (Path(stage.cfg.out) / "posterior.json").write_text("{}")
+    assert missing_lines(out, plan, records) == []
+    assert "Not found" not in render_report(out, plan, records, plots=False).read_text()
 
 
 @pytest.mark.parametrize("values", [[1.0, 2.0, 4.0], [10.0, 10.0]])

@@ -9,6 +9,7 @@ report is written without plots and says how to get them.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -263,6 +264,20 @@ def _machine(out: Path) -> str:
                                       m.get("torch") and f"torch {m['torch']}") if x)
 
 
+def missing_lines(out: Path, plan: Plan, records: list[dict]) -> list[str]:
+    """Markdown: a note naming what a render could not read (cell folders, source stages), e.g. when
+    results.jsonl was copied without the runs: their learning curves, dev table and plots are left out."""
+    cells = sum(not (out / r["run_dir"] / "metrics.jsonl").is_file() for r in records if r.get("run_dir"))
+    used = {r.get("source_stage") for r in records} - {None}
+    stages = [s.key for s in plan.stages.values()
+              if not (Path(s.cfg.out) / "posterior.json").is_file() and os.path.relpath(s.cfg.out, out) in used]
+    if not cells and not stages:
+        return []
+    return [f"Not found in {out}: {cells} of {len(records)} cell folders (left out of the learning curves) and "
+            f"{len(stages)} source stage(s){' (' + ', '.join(stages) + ')' if stages else ''} (left out of the "
+            "source dev table and plots); the tables above come from results.jsonl alone.", ""]
+
+
 def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True) -> Path:
     """Write results.md (tables, SPoT's choices and, with `plots`, the PNGs) into `out`; return its path."""
     exp = plan.exp
@@ -310,6 +325,7 @@ def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True
             pngs.append(learning_curves(out, plan, records, shots))
     lines += calibration_lines(exp, records)
     lines += source_dev_lines(plan)
+    lines += missing_lines(out, plan, records)
     spot = [r for r in records if "spot" in r]
     if spot:
         lines += ["## SPoT: chosen source prompt", "", "| method | target | shots | seed | chosen | cosine |",
