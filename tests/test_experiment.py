@@ -217,6 +217,8 @@ def test_cli_render_only(grid, tmp_path, capsys, monkeypatch):
     path.write_text(yaml.safe_dump(_config(tmp_path / "never-run")))
     assert main(["experiment", str(path), "--render-only"]) == 2
     assert "nothing to render" in capsys.readouterr().err
+    assert main(["experiment", str(path), "--render-only", "--stages-only"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
     assert json.loads((out / "experiment.json").read_text())["name"] == "grid"
 
 
@@ -348,6 +350,24 @@ def test_methods_option_runs_only_those_cells_and_reports_all_finished(tmp_path,
     assert not (tmp_path / "exp" / "sources").exists()  # bmtpt's source stage waits with its cells
     second = run_experiment(cfg, *tiny_llama, plots=False, echo=None)
     assert counter.calls == 2 and [r["method"] for r in second.records] == ["pt", "bmtpt"]
+
+
+def test_stages_only_trains_the_selected_methods_stages_and_runs_no_cell(tmp_path, tiny_llama, monkeypatch):
+    cfg = _config(tmp_path / "exp", seeds=[0], methods=["pt", "bmtpt", "avg"])
+    counter = _Counting()
+    monkeypatch.setattr(experiment, "run_target", counter)
+    lines = []
+    res = run_experiment(cfg, *tiny_llama, plots=False, methods=["bmtpt"], stages_only=True, echo=lines.append)
+    stages = sorted(p.parent.name for p in (tmp_path / "exp" / "sources").glob("*/posterior.json"))
+    assert counter.calls == 0 and res.ran == 0 and res.records == []
+    assert len(stages) == 1 and stages[0].startswith("svgd-")  # bmtpt's stage; avg's waits
+    assert "source stages only, no cell runs" in lines[0] and f"source stage {stages[0]}: ready" in lines[1]
+    # the stage is found, not trained again, when the cells run: only the cells' runs remain
+    monkeypatch.setattr(experiment, "run_source", _no_backbone)
+    run_experiment(cfg, *tiny_llama, plots=False, methods=["bmtpt"], echo=None)
+    assert counter.calls == 1
+    with pytest.raises(BmtptError, match="exclude each other"):
+        run_experiment(cfg, *tiny_llama, render_only=True, stages_only=True, echo=None)
 
 
 def test_shots_option_runs_only_those_settings(tmp_path, tiny_llama, monkeypatch):

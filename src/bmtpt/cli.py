@@ -210,7 +210,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from .experiment import run_experiment
 
     run_experiment(args.config, render_only=args.render_only, progress=args.progress, plots=args.plots,
-                   methods=args.methods, shots=args.shots)
+                   methods=args.methods, shots=args.shots, stages_only=args.stages_only)
     return 0
 
 
@@ -321,6 +321,10 @@ def make_parser() -> argparse.ArgumentParser:
                        "write results.jsonl, results.md and plots to its out folder (see configs/README.md).")
     x.add_argument("config", metavar="CONFIG", help="experiment YAML file")
     x.add_argument("--render-only", action="store_true", help="only re-render results.md and plots from results.jsonl")
+    x.add_argument("--stages-only", action="store_true",
+                   help="train (or find) the source stages that the selected methods' cells use, finished or not, "
+                   "run no cell, then render (e.g. to bring back the stages of a results.jsonl copied without its "
+                   "runs, or to train the sources first)")
     x.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars of the stages (default: the config's progress key)")
     x.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,

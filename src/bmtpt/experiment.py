@@ -178,16 +178,20 @@ def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
 
 def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, render_only: bool = False,
                    progress: bool | None = None, plots: bool = True, methods: Sequence[str] | None = None,
-                   shots: Sequence[int | None] | None = None,
+                   shots: Sequence[int | None] | None = None, stages_only: bool = False,
                    echo: Callable[[str], None] | None = print) -> ExperimentResult:
     """Run (or continue) the grid of a YAML file or dict, then render results.md and the plots.
 
     `model`/`tokenizer` reuse an already loaded backbone; `progress` overrides the config's progress
     bars; `plots=False` writes results.md without PNGs; `methods` runs only the cells of these methods
     (the others wait for a later call; the report shows every finished cell), `shots` likewise only the
-    cells of these few-shot settings (None in it: the full training sets); `echo` receives one line per
-    cell (None: silent).
+    cells of these few-shot settings (None in it: the full training sets); `stages_only` trains (or
+    finds) the source stages of the selected cells, finished or not, and runs no cell (e.g. to bring back
+    the stages a copied results.jsonl came without, or to train the sources before the targets); `echo`
+    receives one line per cell (None: silent).
     """
+    if render_only and stages_only:
+        raise BmtptError("--render-only and --stages-only exclude each other (--stages-only renders as well)")
     exp = load_experiment(config)
     if progress is not None:
         exp.progress = progress
@@ -222,9 +226,18 @@ def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, ren
                                                                                       or c.shots in shots)]
             todo, waiting = wanted, len(todo) - len(wanted)
         say(f"{exp.name}: {len(plan.cells)} cells, {len(plan.cells) - len(todo) - waiting} already finished, "
-            f"{len(todo)} to run" + (f", {waiting} of other methods or shots left for later" if waiting else "")
-            + f"; output in {out}")
+            + ("source stages only, no cell runs" if stages_only else f"{len(todo)} to run" + (
+                f", {waiting} of other methods or shots left for later" if waiting else "")) + f"; output in {out}")
         backbone, cache = _Backbone(exp, model, tokenizer), {}
+        if stages_only:  # every stage the selected cells use, whether or not the cells finished
+            stages = {c.stage.key: c.stage for c in plan.cells if c.stage and (methods is None or c.method in methods)
+                      and (shots is None or c.shots in shots)}
+            for i, stage in enumerate(stages.values(), 1):
+                t0 = time.time()
+                ensure_stage(stage, backbone, cache)
+                say(f"[{i}/{len(stages)}] source stage {stage.key}: ready in {stage.cfg.out} "
+                    f"({time.time() - t0:.0f} s)")
+            todo = []
         for i, cell in enumerate(todo, 1):
             t0 = time.time()
             record = run_cell(cell, out, backbone, cache)
