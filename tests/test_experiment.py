@@ -346,7 +346,7 @@ def test_methods_option_runs_only_those_cells_and_reports_all_finished(tmp_path,
     lines = []
     first = run_experiment(cfg, *tiny_llama, plots=False, methods=["pt"], echo=lines.append)
     assert counter.calls == 1 and [r["method"] for r in first.records] == ["pt"]
-    assert "1 to run, 1 of other methods or shots left for later" in lines[0]
+    assert "1 to run, 1 of other methods, shots or seeds left for later" in lines[0]
     assert not (tmp_path / "exp" / "sources").exists()  # bmtpt's source stage waits with its cells
     second = run_experiment(cfg, *tiny_llama, plots=False, echo=None)
     assert counter.calls == 2 and [r["method"] for r in second.records] == ["pt", "bmtpt"]
@@ -377,7 +377,7 @@ def test_shots_option_runs_only_those_settings(tmp_path, tiny_llama, monkeypatch
     lines = []
     first = run_experiment(cfg, *tiny_llama, plots=False, shots=[4], echo=lines.append)
     assert counter.calls == 1 and [r["shots"] for r in first.records] == [4]
-    assert "1 to run, 1 of other methods or shots left for later" in lines[0]
+    assert "1 to run, 1 of other methods, shots or seeds left for later" in lines[0]
     second = run_experiment(cfg, *tiny_llama, plots=False, shots=[None], echo=None)
     assert counter.calls == 2 and sorted(r["shots"] or 0 for r in second.records) == [0, 4]
 
@@ -391,6 +391,22 @@ def test_shots_option_is_parsed_and_unknown_settings_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["experiment", str(path), "--shots", "few"])
     assert e.value.code == 2 and "'few' is not a positive number or full" in capsys.readouterr().err
+
+
+def test_seeds_option_runs_only_those_seeds_and_refuses_others(tmp_path, tiny_llama, monkeypatch, capsys):
+    cfg = _config(tmp_path / "exp", methods=["pt"])  # seeds 0 and 1
+    counter = _Counting()
+    monkeypatch.setattr(experiment, "run_target", counter)
+    first = run_experiment(cfg, *tiny_llama, plots=False, seeds=[1], echo=None)
+    assert counter.calls == 1 and [r["seed"] for r in first.records] == [1]
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["experiment", str(path), "--seeds", "0,3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--seeds: 3 is not a seed of grid (its seeds: 0, 1)" in err
+    with pytest.raises(SystemExit) as e:
+        main(["experiment", str(path), "--seeds", "-1"])
+    assert e.value.code == 2 and "'-1' is not a seed" in capsys.readouterr().err
 
 
 def test_methods_option_refuses_unknown_names(tmp_path, capsys):

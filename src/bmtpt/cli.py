@@ -66,6 +66,15 @@ def _shots_list(text: str) -> list[int | None]:
     return out
 
 
+def _seed_list(text: str) -> list[int]:
+    """'0,2' -> [0, 2] (the argparse type of `bmtpt experiment --seeds`)."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in items if not x.isdigit()]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]!r} is not a seed (a whole number >= 0)")
+    return [int(x) for x in items]
+
+
 def _name_list(text: str) -> list[str]:
     """'pt,avg, bmtpt' -> ['pt', 'avg', 'bmtpt'] (empty items dropped)."""
     return [name.strip() for name in text.split(",") if name.strip()]
@@ -210,7 +219,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from .experiment import run_experiment
 
     run_experiment(args.config, render_only=args.render_only, progress=args.progress, plots=args.plots,
-                   methods=args.methods, shots=args.shots, stages_only=args.stages_only)
+                   methods=args.methods, shots=args.shots, seeds=args.seeds, stages_only=args.stages_only)
     return 0
 
 
@@ -335,6 +344,9 @@ def make_parser() -> argparse.ArgumentParser:
     x.add_argument("--shots", type=_shots_list, metavar="K[,K...]",
                    help="run only the cells of these few-shot settings of the config (numbers, or full for the "
                    "full training sets), e.g. --shots 16 before the slower full-data cells")
+    x.add_argument("--seeds", type=_seed_list, metavar="S[,S...]",
+                   help="run only the cells of these seeds of the config, e.g. --seeds 0 for a first look at every "
+                   "method; the others wait for a later call")
     return p
 
 

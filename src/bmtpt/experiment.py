@@ -178,17 +178,18 @@ def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
 
 def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, render_only: bool = False,
                    progress: bool | None = None, plots: bool = True, methods: Sequence[str] | None = None,
-                   shots: Sequence[int | None] | None = None, stages_only: bool = False,
+                   shots: Sequence[int | None] | None = None, seeds: Sequence[int] | None = None,
+                   stages_only: bool = False,
                    echo: Callable[[str], None] | None = print) -> ExperimentResult:
     """Run (or continue) the grid of a YAML file or dict, then render results.md and the plots.
 
     `model`/`tokenizer` reuse an already loaded backbone; `progress` overrides the config's progress
     bars; `plots=False` writes results.md without PNGs; `methods` runs only the cells of these methods
     (the others wait for a later call; the report shows every finished cell), `shots` likewise only the
-    cells of these few-shot settings (None in it: the full training sets); `stages_only` trains (or
-    finds) the source stages of the selected cells, finished or not, and runs no cell (e.g. to bring back
-    the stages a copied results.jsonl came without, or to train the sources before the targets); `echo`
-    receives one line per cell (None: silent).
+    cells of these few-shot settings (None in it: the full training sets), `seeds` of these seeds;
+    `stages_only` trains (or finds) the source stages of the selected cells, finished or not, and runs no
+    cell (e.g. to bring back the stages a copied results.jsonl came without, or to train the sources before
+    the targets); `echo` receives one line per cell (None: silent).
     """
     if render_only and stages_only:
         raise BmtptError("--render-only and --stages-only exclude each other (--stages-only renders as well)")
@@ -206,6 +207,14 @@ def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, ren
         label = lambda k: "full" if k is None else str(k)  # noqa: E731
         raise BmtptError(f"--shots: {', '.join(label(k) for k in shots if k not in exp.shots) or 'nothing'} is not "
                          f"a setting of {exp.name} (its shots: {', '.join(label(k) for k in exp.shots)})")
+    if seeds is not None and (not seeds or set(seeds) - set(exp.seeds)):
+        raise BmtptError(f"--seeds: {', '.join(str(k) for k in seeds if k not in exp.seeds) or 'nothing'} is not a "
+                         f"seed of {exp.name} (its seeds: {', '.join(map(str, exp.seeds))})")
+
+    def selected(c) -> bool:  # a cell of the --methods, --shots and --seeds asked for (all where not given)
+        return ((methods is None or c.method in methods) and (shots is None or c.shots in shots)
+                and (seeds is None or c.seed in seeds))
+
     say = echo or (lambda _msg: None)
     out = Path(exp.out).expanduser()
     results = out / "results.jsonl"
@@ -221,17 +230,15 @@ def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, ren
         finished = {(r["key"], r.get("config_hash")) for r in read_records(results)}
         todo = [c for c in plan.cells if (c.key, c.config_hash) not in finished]
         waiting = 0
-        if methods is not None or shots is not None:  # the other cells are left for a later call
-            wanted = [c for c in todo if (methods is None or c.method in methods) and (shots is None
-                                                                                      or c.shots in shots)]
-            todo, waiting = wanted, len(todo) - len(wanted)
+        wanted = [c for c in todo if selected(c)]  # the other cells are left for a later call
+        todo, waiting = wanted, len(todo) - len(wanted)
         say(f"{exp.name}: {len(plan.cells)} cells, {len(plan.cells) - len(todo) - waiting} already finished, "
             + ("source stages only, no cell runs" if stages_only else f"{len(todo)} to run" + (
-                f", {waiting} of other methods or shots left for later" if waiting else "")) + f"; output in {out}")
+                f", {waiting} of other methods, shots or seeds left for later" if waiting else ""))
+            + f"; output in {out}")
         backbone, cache = _Backbone(exp, model, tokenizer), {}
         if stages_only:  # every stage the selected cells use, whether or not the cells finished
-            stages = {c.stage.key: c.stage for c in plan.cells if c.stage and (methods is None or c.method in methods)
-                      and (shots is None or c.shots in shots)}
+            stages = {c.stage.key: c.stage for c in plan.cells if c.stage and selected(c)}
             for i, stage in enumerate(stages.values(), 1):
                 t0 = time.time()
                 ensure_stage(stage, backbone, cache)
