@@ -180,6 +180,8 @@ def test_method_variants_share_or_split_source_stages(tmp_path):
     ({"methods": [{"name": "x", "base": "bmtpt", "overrides": {"source": {"method": "mpt"}}}]},
      "method must be one of svgd, independent"),
     ({"source": {"method": "independent"}}, "unknown key 'method'"),
+    ({"compare": ["spot"]}, "compare must list methods of this config"),
+    ({"compare": "bmtpt"}, "compare must list methods of this config"),
 ])
 def test_bad_configs_give_one_line_errors(tmp_path, change, message):
     with pytest.raises(BmtptError, match=message) as e:

@@ -173,3 +173,30 @@ def test_a_method_on_fewer_seeds_does_not_shrink_the_main_comparison():
     recs += [{"method": "ens3", "task": "a", "seed": 0, "shots": 16}]  # unfinished: in neither list
     assert split_by_seeds(recs, ["pt", "bmtpt", "post3", "ens3"], ["a", "b"], 16) == (["pt", "bmtpt"], ["post3"])
     assert split_by_seeds(recs, ["pt"], ["a", "b"], None) == ([], [])
+
+
+def test_a_challenger_gets_the_baseline_differences_with_the_same_point_estimates():
+    """compare: a dev-chosen variant is set against pt, avg and the best baseline like bmtpt; each point
+    estimate is the mean over tasks of the per-task mean differences, computed here by hand."""
+    rng = np.random.default_rng(11)
+    records = []
+    for method, p in (("pt", 0.6), ("avg", 0.62), ("spot", 0.68), ("bmtpt", 0.6), ("tw", 0.7)):
+        for task in ("mr", "sick"):
+            for seed in (0, 1):
+                x = (rng.random(400) < p).astype(int)
+                records.append({"method": method, "task": task, "seed": seed, "shots": 16,
+                                "test_score": 100 * x.mean(), "test_correct": "".join(map(str, x))})
+    text = "\n".join(comparison_lines(records, ["pt", "avg", "spot", "bmtpt", "tw"], ["mr", "sick"], 16,
+                                      ablations=["tw"], challengers=["tw"], n_boot=200))
+    score = {(r["method"], r["task"], r["seed"]): r["test_score"] for r in records}
+
+    def avg_diff(a, b):
+        return np.mean([score[(a, t, s)] - score[(b, t, s)] for t in ("mr", "sick") for s in (0, 1)])
+
+    for label, a, b in (("tw − pt", "tw", "pt"), ("tw − avg", "tw", "avg"),
+                        ("tw − best baseline (spot)", "tw", "spot"), ("bmtpt − best baseline (spot)", "bmtpt", "spot"),
+                        ("tw − bmtpt", "tw", "bmtpt")):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        assert float(row.split(" | ")[-1].split(" [")[0].strip("* ")) == pytest.approx(avg_diff(a, b), abs=0.051)
+    paired = text.split("Power:")[0]  # the power table repeats each pair once
+    assert paired.count("| tw − pt |") == 1 and "| bmtpt − tw" not in paired

@@ -30,7 +30,7 @@ FIXED_TARGET = {name: m.target for name, m in METHODS.items()}
 RUN_KEYS = {"out", "seed", "overwrite", "resume", "progress", "model", "data_dir", "device", "trust_remote_code"}
 TOP_RUN_KEYS = ("model", "data_dir", "device", "trust_remote_code")
 STRUCT_KEYS = ("name", "out", "sources_dir", "backbone", "progress", "sources", "source", "targets", "target",
-               "seeds", "shots", "methods", "spot", "mpt", "per_target")
+               "seeds", "shots", "methods", "spot", "mpt", "per_target", "compare")
 COMMON_KEYS = {f.name for f in dataclasses.fields(CommonConfig)} - RUN_KEYS
 SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceConfig)} - RUN_KEYS - {"tasks", "method"}
 # a method's overrides may also set "method" (base bmtpt only: its particles may be the per-task prompts)
@@ -84,6 +84,7 @@ class ExperimentConfig:
     shots: list[int | None] = field(default_factory=lambda: [None])
     spot: dict = field(default_factory=lambda: dict(SPOT_DEFAULTS))
     mpt: dict = field(default_factory=dict)
+    compare: list[str] = field(default_factory=list)  # methods that also get the main paired differences
 
     def as_dict(self) -> dict:
         """Plain dict (written to experiment.json of the output folder)."""
@@ -326,6 +327,11 @@ def load_experiment(config: str | Path | dict) -> ExperimentConfig:
         shots=_int_list(f"{where}: shots", raw.get("shots", [None]), True),
         spot=_spot(f"{where}: spot", raw.get("spot"), SPOT_DEFAULTS),
         mpt=_section(f"{where}: mpt", raw.get("mpt"), MPT_KEYS, MptConfig))
+    compare = raw.get("compare") or []
+    names = [spec.name for spec in exp.methods]
+    if not isinstance(compare, list) or any(c not in names for c in compare):
+        fail(where, f"compare must list methods of this config (its methods: {', '.join(names)}), got {compare!r}")
+    exp.compare = list(compare)
     for spec in exp.methods:
         if spec.shots is not None and set(spec.shots) - set(exp.shots):
             fail(f"{where}: methods", f"method {spec.name!r} lists shots {spec.shots} outside the grid's {exp.shots}")

@@ -307,7 +307,7 @@ def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True
         names = [m.name for m in exp.methods]
         ablations = [m.name for m in exp.methods if m.base == "bmtpt" and m.name != "bmtpt"]
         main, fewer = split_by_seeds(records, names, list(exp.targets), shots)
-        ci = comparison_lines(records, main, list(exp.targets), shots, ablations=ablations)
+        ci = comparison_lines(records, main, list(exp.targets), shots, ablations=ablations, challengers=exp.compare)
         if fewer and "bmtpt" in main:  # e.g. seed-0-only ensembles: against bmtpt on their own seeds
             ci += ["", "Methods run on fewer seeds, against bmtpt on the seeds they share:", "",
                    *comparison_lines(records, ["bmtpt", *fewer], list(exp.targets), shots, ablations=fewer)]

@@ -186,10 +186,12 @@ def split_by_seeds(records: Sequence[dict], methods: Sequence[str], tasks: Seque
 
 def comparison_lines(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], shots: int | None,
                      reference: str = "bmtpt", baselines: Sequence[str] = ("pt", "avg", "spot", "mpt"),
-                     ablations: Sequence[str] = (), n_boot: int = 2000, split: str = "test") -> list[str]:
+                     ablations: Sequence[str] = (), n_boot: int = 2000, split: str = "test",
+                     challengers: Sequence[str] = ()) -> list[str]:
     """Markdown: each method's mean [95 % interval] per task and on the average; then paired differences:
-    `reference` - pt, - avg and - the best baseline (the baseline with the highest average), and each of
-    `ablations` - `reference`, per task and on the average. Only methods that finished every task for some
+    `reference` - pt, - avg and - the best baseline (the baseline with the highest average), each of
+    `ablations` - `reference`, and each of `challengers` (e.g. a dev-chosen variant) - the same baselines,
+    per task and on the average. Only methods that finished every task for some
     seed, and only the seeds on which all of those did, are used; [] when there are none. `split` "dev"
     compares the dev-selected steps' dev scores (what settings are chosen on) over seeds and dev examples."""
     methods, seeds = complete(records, methods, tasks, shots)
@@ -213,14 +215,16 @@ def comparison_lines(records: Sequence[dict], methods: Sequence[str], tasks: Seq
     if reference not in methods:
         return lines
     present = [b for b in baselines if b in methods]
-    pairs = [(f"{reference} − {b}", reference, b) for b in ("pt", "avg") if b in present]
-    if present:
-        best = max(present, key=lambda b: est[b][-1])
-        if any(b == best for _, _, b in pairs):  # already a row: mark it rather than repeat it
-            pairs = [(f"{lab} (best baseline)" if b == best else lab, a, b) for lab, a, b in pairs]
-        else:
-            pairs.append((f"{reference} − best baseline ({best})", reference, best))
+    best = max(present, key=lambda b: est[b][-1]) if present else None
+
+    def against_baselines(a: str) -> list[tuple[str, str, str]]:
+        rows = [(f"{a} − {b}" + (" (best baseline)" if b == best else ""), a, b) for b in ("pt", "avg")
+                if b in present]  # the best baseline's row is marked, not repeated
+        return rows + ([(f"{a} − best baseline ({best})", a, best)] if best not in (None, "pt", "avg") else [])
+
+    pairs = against_baselines(reference)
     pairs += [(f"{a} − {reference}", a, reference) for a in ablations if a in methods]
+    pairs += [p for c in challengers if c in methods and c != reference for p in against_baselines(c)]
     if not pairs:
         return lines
     # a few seeds' scores alone make a coarse interval (three seeds: ten distinct means), not a test: no bold
