@@ -204,3 +204,20 @@ def test_the_priors_reach_by_hand(tmp_path):
     assert row == "| bmtpt\\|mr | 10 | 3.0 | 3.3-5.7 | 4.0 | -0.50 → -0.75 |"
     (cell / "metrics.jsonl").write_text(json.dumps({"step": 5, "log_prior": 0.0}) + "\n")  # pt / avg: no prior
     assert ag.prior_reach(tmp_path, {"key": "pt|mr", "best_step": 10, "run_dir": "cells/bmtpt"}) is None
+
+
+@pytest.mark.parametrize("name", ["t5-base-full", "t5-base-fewshot"])
+def test_the_paper_configs_use_the_dev_chosen_bmtpt_beside_the_published_recipe(name):
+    """issue 13: bmtpt = the per-task prompts (avg's stage, not trained twice) weighted by the target;
+    bmtpt-paper = the published recipe (one SVGD stage, uniform particles, the rank-one factor)."""
+    from pathlib import Path
+
+    from bmtpt.expconfig import load_experiment
+    from bmtpt.grid import plan_experiment
+
+    plan = plan_experiment(load_experiment(Path(__file__).parents[1] / "configs" / "paper" / f"{name}.yaml"))
+    cell = {c.method: c for c in plan.cells}
+    assert cell["bmtpt"].stage.key == cell["avg"].stage.key and cell["bmtpt"].stage.kind == "independent"
+    assert cell["bmtpt"].target.particle_weights == "target" and not cell["bmtpt"].target.rank_one
+    assert cell["bmtpt-paper"].stage.kind == "svgd" and cell["bmtpt-paper"].target.particle_weights == "uniform"
+    assert cell["bmtpt-paper"].target.rank_one and cell["bmtpt-paper"].target.lr_factor == 0.01
