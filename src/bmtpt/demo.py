@@ -1,9 +1,12 @@
-"""The demo a newcomer runs first: SmolLM2-135M, real short-text tasks, three methods side by side.
+"""The demo a newcomer runs first: SmolLM2-135M, real short-text tasks, four methods side by side.
 
-    pt     prompt tuning on the target from a vocabulary-sampled prompt (no source knowledge)
-    avg    one prompt per source task (trained independently), averaged into the target's start
-    bmtpt  M particles by SVGD over all source tasks; the target starts at their mean with their
-           density as prior
+    pt             prompt tuning on the target from a vocabulary-sampled prompt (no source knowledge)
+    avg            one prompt per source task (trained independently), averaged into the target's start
+    bmtpt          the published recipe: M particles by SVGD over all source tasks; the target starts at
+                   their mean with their density as prior
+    bmtpt-tw-task  the settings chosen on dev (issue 13, benchmarks/configs/cpu-method.yaml): avg's per-task
+                   prompts as the particles, each weighted by its likelihood of the target's training examples
+                   in the start and the prior (no source stage of its own)
 
 Sources SST-2 (sentiment), SUBJ and TREC; targets MR (movie-review sentiment: related to SST-2) and SICK
 (entailment: related to no source), 16-shot, as in the powered benchmark (benchmarks/configs/
@@ -32,7 +35,10 @@ from .errors import BmtptError
 from .synth import SOURCE_TASKS as SYNTH_SOURCES
 from .synth import TARGET_TASKS as SYNTH_TARGETS
 
-METHODS = ("pt", "avg", "bmtpt")
+METHODS = ("pt", "avg", "bmtpt", "bmtpt-tw-task")
+# the dev-chosen variant as a grid method (its name and settings as in benchmarks/configs/cpu-transfer.yaml)
+TW_TASK = {"name": "bmtpt-tw-task", "base": "bmtpt",
+           "overrides": {"source": {"method": "independent"}, "target": {"particle_weights": "target"}}}
 EXPERIMENT_DIR = "experiment"  # the demo's grid: sources/, cells/, results.jsonl and the full results.md
 SOURCES = ("sst2", "subj", "trec")
 TARGETS = ("mr", "sick")
@@ -142,7 +148,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def experiment_config(cfg: DemoConfig, sizes: DemoSizes, out: Path, data_dir: str | None) -> dict:
-    """The demo as an experiment grid (`bmtpt.experiment`): one seed, methods pt / avg / bmtpt, its sizes."""
+    """The demo as an experiment grid (`bmtpt.experiment`): one seed, the four methods, its sizes."""
     return {"name": "demo", "out": str(out), "model": cfg.model, "data_dir": data_dir, "device": cfg.device,
             "progress": cfg.progress, "prompt_length": sizes.prompt_length, "lr": sizes.lr, "optimizer": "adam",
             "weight_decay": 0.0, "max_input_tokens": 64, "max_target_tokens": 4, "precision": cfg.precision,
@@ -156,7 +162,7 @@ def experiment_config(cfg: DemoConfig, sizes: DemoSizes, out: Path, data_dir: st
             "target": {"steps": sizes.target_steps, "batch_size": sizes.target_batch, "eval_every": sizes.eval_every,
                        "max_dev_examples": sizes.dev_examples, "max_eval_examples": sizes.test_examples,
                        "train_eval_examples": sizes.train_eval_examples, "eval_batch_size": 32},
-            "seeds": [cfg.seed], "shots": [sizes.shots], "methods": list(METHODS)}
+            "seeds": [cfg.seed], "shots": [sizes.shots], "methods": [*METHODS[:-1], TW_TASK]}
 
 
 def _check_out(cfg: DemoConfig) -> Path:
@@ -215,7 +221,8 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
     if cfg.overwrite and (out / EXPERIMENT_DIR).is_dir():
         shutil.rmtree(out / EXPERIMENT_DIR)
     print(f"[demo] {sizes.particles} SVGD particles (bmtpt) and one prompt per task (avg) over "
-          f"{', '.join(sizes.sources)}; then pt, avg and bmtpt on {', '.join(sizes.targets)}")
+          f"{', '.join(sizes.sources)}; then pt, avg, bmtpt and bmtpt-tw-task (avg's prompts weighted by the "
+          f"target) on {', '.join(sizes.targets)}")
     exp = run_experiment(grid, model, tokenizer, plots=False, echo=lambda line: print(f"[demo] {line}"))
     by = {(r["method"], r["task"]): r for r in exp.records}
 
@@ -257,7 +264,7 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
 
 def _intervals(correct: dict, targets: tuple[str, ...]) -> dict:
     """95 % bootstrap intervals over the test examples: each method per target and on the average, and each
-    method's paired difference to pt ('avg-pt', 'bmtpt-pt': per target and average)."""
+    method's paired difference to pt ('avg-pt', 'bmtpt-pt', ...: per target and average)."""
     import numpy as np
 
     from .stats import bootstrap, intervals, point
