@@ -140,3 +140,23 @@ def test_argparse_errors_are_one_line_too(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "rmsprop" in err and "Traceback" not in err
+
+
+def test_the_readmes_commands_parse():
+    """Every `bmtpt ...` line of the README's Commands block names real subcommands and options (optional
+    parts in [...] left out, `a|b` alternatives taken at their first), so the README stays true."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from bmtpt.cli import make_parser
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("## Commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [c for c in re.sub(r"\\\n\s*", " ", block).splitlines() if c.strip().startswith("bmtpt ")]
+    assert len(commands) >= 10
+    parser = make_parser()
+    for line in commands:
+        line = re.sub(r"\[[^\]]*\]", "", line.split("#")[0])
+        args = [a.split("|")[0] for a in shlex.split(line)[1:]]
+        parser.parse_args(args)  # an unknown option or a bad choice exits 2 and fails the test
