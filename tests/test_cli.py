@@ -160,3 +160,6 @@ def test_the_readmes_commands_parse():
         line = re.sub(r"\[[^\]]*\]", "", line.split("#")[0])
         args = [a.split("|")[0] for a in shlex.split(line)[1:]]
         parser.parse_args(args)  # an unknown option or a bad choice exits 2 and fails the test
+        sub = next(a for a in parser._actions if a.choices and args[0] in a.choices).choices[args[0]]
+        spelled = [a.split("=")[0] for a in args if a.startswith("--")]
+        assert all(o in sub._option_string_actions for o in spelled), line  # no abbreviations either
