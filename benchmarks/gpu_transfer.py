@@ -119,12 +119,19 @@ def method_name(m: str | dict) -> str:
     return m if isinstance(m, str) else m["name"]
 
 
+def keep_methods(config: dict, methods: list) -> dict:
+    """`config` with only `methods`; its `compare:` list (a report option) keeps only the methods still there."""
+    names = {method_name(m) for m in methods}
+    config["methods"] = methods
+    if "compare" in config:
+        config["compare"] = [c for c in config["compare"] if c in names]
+    return config
+
+
 def cpu_design() -> dict:
     """benchmarks/configs/cpu-transfer.yaml as a dict, without the methods it gained after this run was priced."""
     design = yaml.safe_load(CPU_CONFIG.read_text())
-    design["methods"] = [m for m in design["methods"]
-                         if method_name(m) not in LATER_METHODS]
-    return design
+    return keep_methods(design, [m for m in design["methods"] if method_name(m) not in LATER_METHODS])
 
 
 def gpu_config(data_dir: str = "../shared/data", out: str = "runs/gpu-transfer") -> dict:
@@ -145,7 +152,7 @@ def select(config: dict, methods: str | None = None, shots: str | None = None, s
         if bad or not want:
             raise BmtptError(f"--methods: unknown method(s) {', '.join(bad) or '(none given)'} "
                              f"(choose from {', '.join(known)})")
-        out["methods"] = [m for m in out["methods"] if method_name(m) in want]
+        keep_methods(out, [m for m in out["methods"] if method_name(m) in want])
     if shots:
         want_shots = []
         for x in (x.strip() for x in shots.split(",")):
@@ -165,7 +172,7 @@ def select(config: dict, methods: str | None = None, shots: str | None = None, s
             kept.append(m)
         if not kept:
             raise BmtptError("--shots/--methods: no method runs in the selected shots")
-        out["methods"] = kept
+        keep_methods(out, kept)
     if seeds is not None:
         if seeds < 1:
             raise BmtptError(f"--seeds must be a positive number of seeds, got {seeds}")

@@ -169,3 +169,15 @@ def test_bad_selections_are_one_line_errors(gt, capsys, args, message):
     assert gt.main([*args, "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_compare_keeps_only_the_methods_a_run_keeps(gt):
+    """cpu-transfer.yaml's `compare:` names a later method the GPU run leaves out: the derived configs drop it
+    from `compare` too, so they still load (a compare entry outside the methods is refused)."""
+    from bmtpt.expconfig import load_experiment
+
+    assert "bmtpt-tw-task" in gt.yaml.safe_load(gt.CPU_CONFIG.read_text())["compare"]
+    assert gt.gpu_config()["compare"] == []
+    cfg = gt.keep_methods({"methods": ["pt", {"name": "v", "base": "bmtpt"}], "compare": ["v", "w"]}, ["pt"])
+    assert cfg == {"methods": ["pt"], "compare": []}
+    load_experiment(gt.select(gt.gpu_config(), methods="pt,bmtpt", seeds=2))
