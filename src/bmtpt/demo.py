@@ -35,10 +35,11 @@ from .errors import BmtptError
 from .synth import SOURCE_TASKS as SYNTH_SOURCES
 from .synth import TARGET_TASKS as SYNTH_TARGETS
 
-METHODS = ("pt", "avg", "bmtpt", "bmtpt-tw-task")
 # the dev-chosen variant as a grid method (its name and settings as in benchmarks/configs/cpu-transfer.yaml)
 TW_TASK = {"name": "bmtpt-tw-task", "base": "bmtpt",
            "overrides": {"source": {"method": "independent"}, "target": {"particle_weights": "target"}}}
+GRID_METHODS = ("pt", "avg", "bmtpt", TW_TASK)  # the grid's `methods:`
+METHODS = tuple(m if isinstance(m, str) else m["name"] for m in GRID_METHODS)
 EXPERIMENT_DIR = "experiment"  # the demo's grid: sources/, cells/, results.jsonl and the full results.md
 SOURCES = ("sst2", "subj", "trec")
 TARGETS = ("mr", "sick")
@@ -162,7 +163,7 @@ def experiment_config(cfg: DemoConfig, sizes: DemoSizes, out: Path, data_dir: st
             "target": {"steps": sizes.target_steps, "batch_size": sizes.target_batch, "eval_every": sizes.eval_every,
                        "max_dev_examples": sizes.dev_examples, "max_eval_examples": sizes.test_examples,
                        "train_eval_examples": sizes.train_eval_examples, "eval_batch_size": 32},
-            "seeds": [cfg.seed], "shots": [sizes.shots], "methods": [*METHODS[:-1], TW_TASK]}
+            "seeds": [cfg.seed], "shots": [sizes.shots], "methods": list(GRID_METHODS)}
 
 
 def _check_out(cfg: DemoConfig) -> Path:

@@ -176,6 +176,16 @@ def run_cell(cell: Cell, root: Path, backbone: Callable, cache: dict) -> dict:
             **({"spot": spot} if spot else {}), "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
+def _refuse_unknown(option: str, asked: Sequence | None, known: Sequence, noun: str, name: str,
+                    label: Callable = str) -> None:
+    """A one-line BmtptError when `asked` (a --methods / --shots / --seeds selection) is empty or names
+    something the experiment `name` lacks; nothing when the option was not given."""
+    bad = [k for k in asked or () if k not in known]
+    if asked is not None and (bad or not asked):
+        raise BmtptError(f"{option}: {', '.join(map(label, bad)) or 'nothing'} is not {noun} of {name} "
+                         f"(its {option[2:]}: {', '.join(map(label, known))})")
+
+
 def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, render_only: bool = False,
                    progress: bool | None = None, plots: bool = True, methods: Sequence[str] | None = None,
                    shots: Sequence[int | None] | None = None, seeds: Sequence[int] | None = None,
@@ -197,19 +207,10 @@ def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, ren
     if progress is not None:
         exp.progress = progress
     plan = plan_experiment(exp)
-    if methods is not None:
-        known = [spec.name for spec in exp.methods]
-        unknown = [m for m in methods if m not in known]
-        if unknown or not methods:
-            raise BmtptError(f"--methods: {', '.join(unknown) or 'nothing'} is not a method of {exp.name} "
-                             f"(its methods: {', '.join(known)})")
-    if shots is not None and (not shots or set(shots) - set(exp.shots)):
-        label = lambda k: "full" if k is None else str(k)  # noqa: E731
-        raise BmtptError(f"--shots: {', '.join(label(k) for k in shots if k not in exp.shots) or 'nothing'} is not "
-                         f"a setting of {exp.name} (its shots: {', '.join(label(k) for k in exp.shots)})")
-    if seeds is not None and (not seeds or set(seeds) - set(exp.seeds)):
-        raise BmtptError(f"--seeds: {', '.join(str(k) for k in seeds if k not in exp.seeds) or 'nothing'} is not a "
-                         f"seed of {exp.name} (its seeds: {', '.join(map(str, exp.seeds))})")
+    full = lambda k: "full" if k is None else str(k)  # noqa: E731
+    _refuse_unknown("--methods", methods, [spec.name for spec in exp.methods], "a method", exp.name)
+    _refuse_unknown("--shots", shots, exp.shots, "a setting", exp.name, full)
+    _refuse_unknown("--seeds", seeds, exp.seeds, "a seed", exp.name)
 
     def selected(c) -> bool:  # a cell of the --methods, --shots and --seeds asked for (all where not given)
         return ((methods is None or c.method in methods) and (shots is None or c.shots in shots)
