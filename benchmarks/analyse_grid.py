@@ -3,6 +3,7 @@
 
     python benchmarks/analyse_grid.py runs/cpu-transfer --config benchmarks/configs/cpu-transfer.yaml
     python benchmarks/analyse_grid.py runs/cpu-smollm2 > benchmarks/results/cpu-smollm2/analysis.md
+    python benchmarks/analyse_grid.py runs/cpu-method --pair tw-task-noprior tw-task --split dev
 
 1. Paired differences: each method against `pt` (and `bmtpt` against `avg`) on the same (task, seed,
    shots) cells: mean difference, its standard error and a sign test (scipy's exact binomial test); and,
@@ -72,17 +73,48 @@ def paired(rows: list[dict], method: str, base: str) -> str | None:
     return "\n".join(out) or None
 
 
+def pair_lines(rows: list[dict], a: str, b: str, splits: tuple[str, ...] = ("dev", "test")) -> list[str]:
+    """Markdown: `a` − `b` on dev and on test scores, per few-shot setting: the bootstrap intervals of
+    results.md over the seeds both finished (e.g. a variant against the variant it ablates, where results.md
+    sets every variant against bmtpt)."""
+    targets = list(dict.fromkeys(r["task"] for r in rows))
+    out = []
+    for shots in sorted({r["shots"] for r in rows if r["method"] in (a, b)}, key=lambda s: s or 0):
+        for split in splits:
+            lines = comparison_lines(rows, [b, a], targets, shots, reference=b, ablations=[a], split=split)
+            if lines:
+                out += [f"## {a} − {b}: {split} scores, {f'{shots}-shot' if shots else 'full training sets'}", "",
+                        *lines, ""]
+    return out
+
+
 def main(argv: list[str]) -> int:
-    """Print the diagnostics of the experiment folder argv[0]."""
-    config = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
-    folders = [a for a in argv if a != "--config" and a != config]
-    if len(folders) != 1 or not (Path(folders[0]) / "results.jsonl").is_file():
-        print("usage: analyse_grid.py EXPERIMENT_OUT_FOLDER [--config EXPERIMENT.yaml] (a folder holding "
-              "results.jsonl; the config keeps only records of the cells' current settings)", file=sys.stderr)
+    """Print the diagnostics of an experiment folder (or, with --pair, only those differences)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="analyse_grid.py", description=__doc__.split("\n")[0])
+    ap.add_argument("folder", type=Path, help="an experiment's output folder (holding results.jsonl)")
+    ap.add_argument("--config", help="the experiment's YAML: keep only records of the cells' current settings")
+    ap.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"), default=[],
+                    help="print only A − B's intervals (repeatable)")
+    ap.add_argument("--split", choices=["dev", "test", "both"], default="both",
+                    help="--pair's scores: dev (what settings are chosen on), test, or both")
+    args = ap.parse_args(argv)
+    out = args.folder
+    if not (out / "results.jsonl").is_file():
+        print(f"analyse_grid.py: {out} holds no results.jsonl (not an experiment's output folder)", file=sys.stderr)
         return 2
-    out = Path(folders[0])
-    rows = _rows(out, config)
+    rows = _rows(out, args.config)
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    unknown = [m for pair in args.pair for m in pair if m not in methods]
+    if unknown:
+        print(f"analyse_grid.py: --pair: {', '.join(unknown)} ran no cell in {out} (its methods: "
+              f"{', '.join(methods)})", file=sys.stderr)
+        return 2
+    if args.pair:
+        print("\n".join(line for a, b in args.pair for line in pair_lines(
+            rows, a, b, ("dev", "test") if args.split == "both" else (args.split,))))
+        return 0
     print(f"# Diagnostics of {out.name} ({len(rows)} cells)\n")
     print("## Paired differences of test scores (same task, seed and shots)\n")
     print("| comparison | setting | cells | mean diff | std err | wins/ties/losses | sign test p |")

@@ -293,8 +293,21 @@ def test_a_method_can_be_limited_to_some_seeds(tmp_path):
     plan = plan_experiment(load_experiment(cfg))
     assert sorted((c.method, c.seed) for c in plan.cells) == [("bmtpt", 1), ("pt", 0), ("pt", 1), ("pt", 2)]
     assert [s.seed for s in plan.stages.values()] == [1]  # no stage for the seeds it does not run
-    with pytest.raises(BmtptError, match="lists seeds \\[3\\] outside the grid"):
-        load_experiment(_config(tmp_path / "bad", methods=[{"name": "pt", "seeds": [3]}]))
+
+
+def test_a_method_can_add_seeds_beyond_the_grids(tmp_path):
+    """More seeds for the one comparison that needs them: the method's extra seeds are planned (and
+    selectable with --seeds), the other methods keep the grid's, and a shared source stage stays seed 0's."""
+    cfg = _config(tmp_path / "exp", seeds=[0, 1], source={"steps": 2, "particles": 2},
+                  methods=["pt", {"name": "bmtpt", "seeds": [0, 1, 2, 3]}])
+    exp = load_experiment(cfg)
+    assert exp.all_seeds == [0, 1, 2, 3] and exp.seeds == [0, 1]
+    plan = plan_experiment(exp)
+    assert sorted((c.method, c.seed) for c in plan.cells) == [
+        ("bmtpt", 0), ("bmtpt", 1), ("bmtpt", 2), ("bmtpt", 3), ("pt", 0), ("pt", 1)]
+    assert [s.seed for s in plan.stages.values()] == [0]
+    with pytest.raises(BmtptError, match="--seeds: 4 is not a seed"):
+        run_experiment(cfg, methods=["bmtpt"], seeds=[4], echo=None)
 
 
 def test_a_method_can_have_its_own_sources(tmp_path):

@@ -108,3 +108,28 @@ def test_calibration_table_averages_the_cells_that_recorded_it(tmp_path):
     shared = lines[lines.index("On the cells every method above shares (the same targets and seeds):"):]
     assert "| pt | full | 1 | 60.0 | 0.500 | 10.0 | 70.0 |" in shared
     assert "| bmtpt | full | 1 | 65.0 | 0.400 | 4.0 | 75.0 |" in shared
+
+
+def test_methods_on_more_seeds_get_their_own_comparison_and_leave_the_main_one_alone(tmp_path):
+    """spot and a variant run on seeds 0-3 where the grid has 0-1: the main tables stay on seeds 0-1, and a
+    section compares the two on all four seeds (its point estimate: the mean of the per-seed differences)."""
+    cfg = {"name": "t", "out": str(tmp_path / "exp"), "model": "tiny-llama", "device": "cpu", "progress": False,
+           "sources": ["synth-sentiment", "synth-animal"], "source": {"steps": 1, "particles": 2},
+           "targets": ["synth-product"], "target": {"steps": 1}, "seeds": [0, 1], "compare": ["tw"],
+           "methods": ["pt", "bmtpt", {"name": "spot", "seeds": [0, 1, 2, 3]},
+                       {"name": "tw", "base": "bmtpt", "seeds": [0, 1, 2, 3]}]}
+    plan = plan_experiment(load_experiment(cfg))
+    score = {("pt", 0): 50, ("pt", 1): 50, ("bmtpt", 0): 50, ("bmtpt", 1): 60,
+             ("spot", 0): 60, ("spot", 1): 60, ("spot", 2): 60, ("spot", 3): 70,
+             ("tw", 0): 80, ("tw", 1): 70, ("tw", 2): 60, ("tw", 3): 50}
+    records = [_record(m, "synth-product", s, float(v)) for (m, s), v in score.items()]
+    out = tmp_path / "exp"
+    out.mkdir()
+    text = render_report(out, plan, records, plots=False).read_text()
+    assert "seeds 0, 1 (and 2, 3 for spot, tw)" in text and "12 of 12 cells finished" in text
+    main, more = text.split("Methods run on more seeds")
+    assert "over seeds 0, 1 (" in main and "| spot | 60.0 ± 0.0 |" in main  # the grid's seeds only
+    assert "| tw − best baseline (spot) | +15.0" in main  # (80 - 60 + 70 - 60) / 2
+    assert "over seeds 0, 1, 2, 3 (" in more
+    assert "| tw − best baseline (spot) | +2.5" in more  # (20 + 10 + 0 - 20) / 4
+    assert "bmtpt" not in more.split("Model selection")[0]

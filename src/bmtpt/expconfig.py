@@ -49,7 +49,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 @dataclass
 class MethodSpec:
     """One grid method: a name, the built-in base it runs, its overrides {source, target, spot, mpt}, the
-    few-shot settings and seeds it runs in (None: all of the grid's `shots` / `seeds`) and its own source
+    few-shot settings and seeds it runs in (None: all of the grid's `shots` / `seeds`; its seeds may go beyond
+    the grid's, which then stay the main comparison's) and its own source
     tasks (None: the grid's `sources`; e.g. a leave-one-source-out ablation)."""
 
     name: str
@@ -85,6 +86,11 @@ class ExperimentConfig:
     spot: dict = field(default_factory=lambda: dict(SPOT_DEFAULTS))
     mpt: dict = field(default_factory=dict)
     compare: list[str] = field(default_factory=list)  # methods that also get the main paired differences
+
+    @property
+    def all_seeds(self) -> list[int]:
+        """The grid's seeds and those a method adds (e.g. more seeds for the one comparison that needs them)."""
+        return sorted(set(self.seeds).union(*(spec.seeds or () for spec in self.methods)))
 
     def as_dict(self) -> dict:
         """Plain dict (written to experiment.json of the output folder)."""
@@ -335,6 +341,4 @@ def load_experiment(config: str | Path | dict) -> ExperimentConfig:
     for spec in exp.methods:
         if spec.shots is not None and set(spec.shots) - set(exp.shots):
             fail(f"{where}: methods", f"method {spec.name!r} lists shots {spec.shots} outside the grid's {exp.shots}")
-        if spec.seeds is not None and set(spec.seeds) - set(exp.seeds):
-            fail(f"{where}: methods", f"method {spec.name!r} lists seeds {spec.seeds} outside the grid's {exp.seeds}")
     return exp

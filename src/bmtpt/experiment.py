@@ -210,7 +210,7 @@ def run_experiment(config: str | Path | dict, model=None, tokenizer=None, *, ren
     full = lambda k: "full" if k is None else str(k)  # noqa: E731
     _refuse_unknown("--methods", methods, [spec.name for spec in exp.methods], "a method", exp.name)
     _refuse_unknown("--shots", shots, exp.shots, "a setting", exp.name, full)
-    _refuse_unknown("--seeds", seeds, exp.seeds, "a seed", exp.name)
+    _refuse_unknown("--seeds", seeds, exp.all_seeds, "a seed", exp.name)
 
     def selected(c) -> bool:  # a cell of the --methods, --shots and --seeds asked for (all where not given)
         return ((methods is None or c.method in methods) and (shots is None or c.shots in shots)

@@ -119,15 +119,14 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
     stages: dict[str, Stage] = {}
     cells: list[Cell] = []
     names = {spec.name: spec for spec in exp.methods}
-    for seed in exp.seeds:
+    for seed in exp.all_seeds:
         # each method's source stage for this seed (stages with the same configuration are shared)
-        stage_of = {spec.name: _stage(exp, spec, seed, run, source_root, stages) for spec in exp.methods
-                    if spec.seeds is None or seed in spec.seeds}
+        runs_here = [spec for spec in exp.methods if seed in (exp.seeds if spec.seeds is None else spec.seeds)]
+        stage_of = {spec.name: _stage(exp, spec, seed, run, source_root, stages) for spec in runs_here}
         for shots in exp.shots:
-            for spec in exp.methods:
-                if (spec.shots is not None and shots not in spec.shots) or (spec.seeds is not None
-                                                                           and seed not in spec.seeds):
-                    continue  # the method runs in other few-shot settings or seeds only
+            for spec in runs_here:
+                if spec.shots is not None and shots not in spec.shots:
+                    continue  # the method runs in other few-shot settings only
                 stage = stage_of[spec.name]
                 for task in exp.targets:
                     # options of the global sections that this method does not use (a target run trains one

@@ -278,12 +278,32 @@ def missing_lines(out: Path, plan: Plan, records: list[dict]) -> list[str]:
             "source dev table and plots); the tables above come from results.jsonl alone.", ""]
 
 
+def _more_seeds(exp) -> list[str]:
+    """The methods that run on seeds beyond the grid's."""
+    return [m.name for m in exp.methods if m.seeds and set(m.seeds) - set(exp.seeds)]
+
+
+def more_seeds_lines(exp, records: list[dict], shots: int | None) -> list[str]:
+    """Markdown: the methods given seeds beyond the grid's, compared on every seed they all finished (the
+    first of `compare:` among them, else the last, against the baselines among them); [] when under two."""
+    more = _more_seeds(exp)
+    if len(more) < 2:
+        return []
+    ref = next((c for c in exp.compare if c in more), more[-1])
+    lines = comparison_lines(records, more, list(exp.targets), shots, reference=ref)
+    return ["", f"Methods run on more seeds than the grid's ({', '.join(more)}), on every seed they all "
+            "finished:", "", *lines] if lines else []
+
+
 def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True) -> Path:
     """Write results.md (tables, SPoT's choices and, with `plots`, the PNGs) into `out`; return its path."""
     exp = plan.exp
+    grid = [r for r in records if r["seed"] in exp.seeds]  # tables and the main comparison: the grid's seeds
+    extra = sorted(set(exp.all_seeds) - set(exp.seeds))
+    more = f" (and {', '.join(map(str, extra))} for {', '.join(_more_seeds(exp))})" if extra else ""
     lines = [f"# Experiment `{exp.name}`", "",
-             f"Backbone `{exp.model}`; sources {', '.join(exp.sources)}; seeds {', '.join(map(str, exp.seeds))}; "
-             f"{len(records)} of {len(plan.cells)} cells finished.", "",
+             f"Backbone `{exp.model}`; sources {', '.join(exp.sources)}; seeds {', '.join(map(str, exp.seeds))}"
+             f"{more}; {len(records)} of {len(plan.cells)} cells finished.", "",
              "Scores: the test split's score of the best-dev prompt (the mean of the task's metrics, 0-100), "
              "mean ± sample std over seeds; an average counts a seed only when all its tasks finished. "
              "The confidence intervals below are 95 % bootstrap intervals over seeds and test examples. "
@@ -306,18 +326,19 @@ def render_report(out: Path, plan: Plan, records: list[dict], plots: bool = True
         lines += [f"## {title}", "", *score_table(plan, records, shots), ""]
         names = [m.name for m in exp.methods]
         ablations = [m.name for m in exp.methods if m.base == "bmtpt" and m.name != "bmtpt"]
-        main, fewer = split_by_seeds(records, names, list(exp.targets), shots)
-        ci = comparison_lines(records, main, list(exp.targets), shots, ablations=ablations, challengers=exp.compare)
+        main, fewer = split_by_seeds(grid, names, list(exp.targets), shots)
+        ci = comparison_lines(grid, main, list(exp.targets), shots, ablations=ablations, challengers=exp.compare)
         if fewer and "bmtpt" in main:  # e.g. seed-0-only ensembles: against bmtpt on their own seeds
             ci += ["", "Methods run on fewer seeds, against bmtpt on the seeds they share:", "",
-                   *comparison_lines(records, ["bmtpt", *fewer], list(exp.targets), shots, ablations=fewer)]
+                   *comparison_lines(grid, ["bmtpt", *fewer], list(exp.targets), shots, ablations=fewer)]
+        ci += more_seeds_lines(exp, records, shots)
         if ci:
             lines += ["### Confidence intervals", "", *ci, ""]
         lines += ["### Model selection", "", *selection_lines(records, names, shots), "",
                   "Dev scores of the selected prompts (what settings are chosen on; mean ± std over seeds):", "",
                   *score_table(plan, records, shots, "dev_score"), ""]
         if any(r.get("dev_correct") for r in records if r["shots"] == shots):  # kept since 2026-12-02
-            dev_ci = comparison_lines(records, main, list(exp.targets), shots, ablations=ablations, split="dev")
+            dev_ci = comparison_lines(grid, main, list(exp.targets), shots, ablations=ablations, split="dev")
             lines += ["The same comparison on the dev scores settings are chosen on (a bootstrap over seeds and "
                       "dev examples where every cell kept its dev results, over seeds only otherwise):", "",
                       *dev_ci, ""] if dev_ci else []
