@@ -128,10 +128,24 @@ def keep_methods(config: dict, methods: list) -> dict:
     return config
 
 
+def limit_seeds(config: dict, seeds: list[int]) -> dict:
+    """`config` on `seeds`: a method's own seeds are cut to them (its extra seeds were the CPU budget's way
+    to more power on one comparison; a GPU run gives every method the same seeds)."""
+    config["seeds"] = list(seeds)
+    for m in config["methods"]:
+        if isinstance(m, dict) and "seeds" in m:
+            m["seeds"] = [s for s in m["seeds"] if s in seeds]
+            if m["seeds"] == list(seeds):
+                del m["seeds"]
+    return keep_methods(config, [m for m in config["methods"] if not isinstance(m, dict) or m.get("seeds") != []])
+
+
 def cpu_design() -> dict:
-    """benchmarks/configs/cpu-transfer.yaml as a dict, without the methods it gained after this run was priced."""
+    """benchmarks/configs/cpu-transfer.yaml as a dict, without the methods it gained after this run was priced
+    and without the extra seeds some methods got on the CPU."""
     design = yaml.safe_load(CPU_CONFIG.read_text())
-    return keep_methods(design, [m for m in design["methods"] if method_name(m) not in LATER_METHODS])
+    design = keep_methods(design, [m for m in design["methods"] if method_name(m) not in LATER_METHODS])
+    return limit_seeds(design, design["seeds"])
 
 
 def gpu_config(data_dir: str = "../shared/data", out: str = "runs/gpu-transfer") -> dict:
@@ -176,7 +190,12 @@ def select(config: dict, methods: str | None = None, shots: str | None = None, s
     if seeds is not None:
         if seeds < 1:
             raise BmtptError(f"--seeds must be a positive number of seeds, got {seeds}")
-        out["seeds"] = list(range(seeds))
+        for m in out["methods"]:  # a method on some seeds only (e.g. seed 0) keeps them
+            if isinstance(m, dict) and "seeds" in m:
+                m["seeds"] = [s for s in m["seeds"] if s < seeds]
+        limit_seeds(out, list(range(seeds)))
+        if not out["methods"]:
+            raise BmtptError("--seeds/--methods: no method runs on the selected seeds")
     return out
 
 

@@ -74,11 +74,16 @@ def test_gpu_config_scales_the_cpu_design(gt, tmp_path):
     plan = plan_experiment(exp)
     assert (exp.name, exp.model, exp.device) == ("gpu-transfer", "smollm2-135m", "cuda")
     later = [m for m in cpu["methods"] if isinstance(m, dict) and m["name"] in gt.LATER_METHODS]
-    assert cfg["methods"] == [m for m in cpu["methods"] if m not in later] and later  # ATTEMPT joined later
+    # ATTEMPT joined later; spot's extra CPU seeds (3-5) are not the GPU design's: every method on 0-2
+    grid = lambda m: {k: v for k, v in m.items() if k != "seeds"} if isinstance(m, dict) and "seeds" in m \
+        and set(m["seeds"]) > set(cpu["seeds"]) else m  # noqa: E731
+    assert cfg["methods"] == [grid(m) for m in cpu["methods"] if m not in later] and later
+    assert any(isinstance(m, dict) and set(m.get("seeds", [])) > set(cpu["seeds"]) for m in cpu["methods"])
     for key in ("sources", "targets", "seeds", "shots", "per_target"):
         assert cfg[key] == cpu[key], key
     cpu_plan = plan_experiment(load_experiment(ROOT / "benchmarks" / "configs" / "cpu-transfer.yaml"))
-    assert len(plan.cells) == 81 == len(cpu_plan.cells) - 9 - 6 - 9 and len(plan.stages) == 3  # less later methods
+    # less later methods (ATTEMPT 9, the target posterior and ensemble 6, bmtpt-tw-task 18) and spot's seeds 3-5
+    assert len(plan.cells) == 81 == len(cpu_plan.cells) - 9 - 6 - 18 - 9 and len(plan.stages) == 3
     assert exp.sources_dir is None  # the source stages live under the out folder
     assert all(Path(s.cfg.out).parent == tmp_path / "gpu-transfer" / "sources" for s in plan.stages.values())
     assert all(c.target.precision == "bf16" and c.target.max_eval_examples is None for c in plan.cells)
@@ -181,3 +186,14 @@ def test_compare_keeps_only_the_methods_a_run_keeps(gt):
     cfg = gt.keep_methods({"methods": ["pt", {"name": "v", "base": "bmtpt"}], "compare": ["v", "w"]}, ["pt"])
     assert cfg == {"methods": ["pt"], "compare": []}
     load_experiment(gt.select(gt.gpu_config(), methods="pt,bmtpt", seeds=2))
+
+
+def test_seeds_cut_the_methods_own_seeds(gt):
+    """--seeds N gives every method seeds 0..N-1: a method's extra seeds go, a seed-0-only method keeps seed
+    0, and a method whose seeds all lie beyond N drops out."""
+    cfg = {"seeds": [0, 1, 2], "shots": [16], "methods": [
+        "pt", {"name": "spot", "seeds": [0, 1, 2, 3, 4, 5]}, {"name": "post", "seeds": [0]},
+        {"name": "late", "seeds": [4, 5]}]}
+    out = gt.select(cfg, seeds=2)
+    assert out["seeds"] == [0, 1] and out["methods"] == ["pt", {"name": "spot"}, {"name": "post", "seeds": [0]}]
+    assert gt.select(cfg, seeds=6)["methods"][1] == {"name": "spot"}  # all six seeds: the grid's own
