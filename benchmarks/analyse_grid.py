@@ -81,7 +81,8 @@ def pair_lines(rows: list[dict], a: str, b: str, splits: tuple[str, ...] = ("dev
     out = []
     for shots in sorted({r["shots"] for r in rows if r["method"] in (a, b)}, key=lambda s: s or 0):
         for split in splits:
-            lines = comparison_lines(rows, [b, a], targets, shots, reference=b, ablations=[a], split=split)
+            lines = comparison_lines(rows, [b, a], targets, shots, reference=b, ablations=[a], split=split,
+                                     baselines=())  # only A − B, even where B is a baseline
             if lines:
                 out += [f"## {a} − {b}: {split} scores, {f'{shots}-shot' if shots else 'full training sets'}", "",
                         *lines, ""]

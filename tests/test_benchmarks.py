@@ -224,20 +224,21 @@ def test_the_paper_configs_use_the_dev_chosen_bmtpt_beside_the_published_recipe(
 
 
 def test_grid_analysis_pairs_two_methods_by_hand(tmp_path, capsys):
-    """--pair A B prints A − B on dev and test; its point estimate is the mean of the per-cell differences."""
+    """--pair A B prints only A − B on dev and test; its point estimate is the mean of the per-cell differences."""
     ag = load_script("analyse_grid")
     rows = []
-    for m, (dev, test) in {"a": ((8, 6), (7, 5)), "b": ((5, 5), (6, 6))}.items():
+    for m, (dev, test) in {"a": ((8, 6), (7, 5)), "pt": ((5, 5), (6, 6))}.items():
         for seed, (d, t) in enumerate(zip(dev, test)):
             rows.append({"key": f"{m}|mr|{seed}", "method": m, "task": "mr", "seed": seed, "shots": 16,
                          "test_score": 10.0 * t, "dev_score": 10.0 * d, "best_step": 1,
                          "dev_correct": "1" * d + "0" * (10 - d), "test_correct": "1" * t + "0" * (10 - t)})
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert ag.main([str(tmp_path), "--pair", "a", "b", "--split", "dev"]) == 0
+    assert ag.main([str(tmp_path), "--pair", "a", "pt", "--split", "dev"]) == 0
     text = capsys.readouterr().out
-    assert "a − b: dev scores, 16-shot" in text and "test scores" not in text
-    assert "| a − b | +20.0 [" in text  # ((80 - 50) + (60 - 50)) / 2
-    assert ag.main([str(tmp_path), "--pair", "a", "b"]) == 0
-    assert "| a − b | +0.0 [" in capsys.readouterr().out.split("test scores")[1]  # ((70 - 60) + (50 - 60)) / 2
+    assert "a − pt: dev scores, 16-shot" in text and "test scores" not in text
+    assert "| a − pt | +20.0 [" in text and "best baseline" not in text  # only A − B, though pt is a baseline
+    assert "| a − pt | +20.0 [" in text  # ((80 - 50) + (60 - 50)) / 2
+    assert ag.main([str(tmp_path), "--pair", "a", "pt"]) == 0
+    assert "| a − pt | +0.0 [" in capsys.readouterr().out.split("test scores")[1]  # ((70 - 60) + (50 - 60)) / 2
     assert ag.main([str(tmp_path), "--pair", "a", "c"]) == 2
     assert "--pair: c ran no cell" in capsys.readouterr().err
