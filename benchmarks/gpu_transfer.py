@@ -111,7 +111,7 @@ def merge(base: dict, over: dict) -> dict:
 
 
 # methods the CPU grid gained after this GPU run was sized and priced (its 81 cells fit the device budget)
-LATER_METHODS = ("attempt", "bmtpt-post3", "bmtpt-ens3", "bmtpt-tw-task")
+LATER_METHODS = ("attempt", "bmtpt-post3", "bmtpt-ens3", "bmtpt-tw-task", "bmtpt-tw-task-noprior")
 
 
 def method_name(m: str | dict) -> str:

@@ -208,7 +208,7 @@ def test_the_priors_reach_by_hand(tmp_path):
 
 @pytest.mark.parametrize("name", ["t5-base-full", "t5-base-fewshot"])
 def test_the_paper_configs_use_the_dev_chosen_bmtpt_beside_the_published_recipe(name):
-    """issue 13: bmtpt = the per-task prompts (avg's stage, not trained twice) weighted by the target;
+    """issue 13: bmtpt = the per-task prompts (avg's stage, not trained twice) weighted by the target, no prior;
     bmtpt-paper = the published recipe (one SVGD stage, uniform particles, the rank-one factor)."""
     from pathlib import Path
 
@@ -219,6 +219,7 @@ def test_the_paper_configs_use_the_dev_chosen_bmtpt_beside_the_published_recipe(
     cell = {c.method: c for c in plan.cells}
     assert cell["bmtpt"].stage.key == cell["avg"].stage.key and cell["bmtpt"].stage.kind == "independent"
     assert cell["bmtpt"].target.particle_weights == "target" and not cell["bmtpt"].target.rank_one
+    assert cell["bmtpt"].target.prior_weight == 0.0 and cell["bmtpt-paper"].target.prior_weight == 1.0
     assert cell["bmtpt-paper"].stage.kind == "svgd" and cell["bmtpt-paper"].target.particle_weights == "uniform"
     assert cell["bmtpt-paper"].target.rank_one and cell["bmtpt-paper"].target.lr_factor == 0.01
 

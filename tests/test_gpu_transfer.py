@@ -82,8 +82,9 @@ def test_gpu_config_scales_the_cpu_design(gt, tmp_path):
     for key in ("sources", "targets", "seeds", "shots", "per_target"):
         assert cfg[key] == cpu[key], key
     cpu_plan = plan_experiment(load_experiment(ROOT / "benchmarks" / "configs" / "cpu-transfer.yaml"))
-    # less later methods (ATTEMPT 9, the target posterior and ensemble 6, bmtpt-tw-task 18) and spot's seeds 3-5
-    assert len(plan.cells) == 81 == len(cpu_plan.cells) - 9 - 6 - 18 - 9 and len(plan.stages) == 3
+    # less later methods (ATTEMPT 9, the target posterior and ensemble 6, bmtpt-tw-task 18 and its no-prior
+    # twin 9) and spot's seeds 3-5
+    assert len(plan.cells) == 81 == len(cpu_plan.cells) - 9 - 6 - 18 - 9 - 9 and len(plan.stages) == 3
     assert exp.sources_dir is None  # the source stages live under the out folder
     assert all(Path(s.cfg.out).parent == tmp_path / "gpu-transfer" / "sources" for s in plan.stages.values())
     assert all(c.target.precision == "bf16" and c.target.max_eval_examples is None for c in plan.cells)
