@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 import bmtpt.demo as demo
 from bmtpt.cli import main
@@ -32,7 +33,7 @@ def demo_run(tiny_dirs, tmp_path_factory):
 def test_results_are_keyed_by_method_with_every_target(demo_run):
     out, _, results = demo_run
     saved = json.loads((out / "results.json").read_text())
-    assert list(saved) == list(METHODS) == ["pt", "avg", "bmtpt", "bmtpt-tw-task"]
+    assert list(saved) == list(METHODS) == ["pt", "avg", "bmtpt", "bmtpt-tw-task-noprior"]
     for r in saved.values():
         assert list(r["tasks"]) == list(TINY.targets)
         scores = [t["test"] for t in r["tasks"].values()]
@@ -49,7 +50,7 @@ def test_source_compute_is_counted_per_method(demo_run):
     assert results["avg"]["source_example_passes"] == TINY.source_steps * rows  # each row seen by one prompt
     assert results["bmtpt"]["source_example_passes"] == TINY.source_steps * rows * TINY.particles
     # the dev-chosen variant reads avg's stage: the same passes, no stage of its own
-    assert results["bmtpt-tw-task"]["source_example_passes"] == results["avg"]["source_example_passes"]
+    assert results["bmtpt-tw-task-noprior"]["source_example_passes"] == results["avg"]["source_example_passes"]
 
 
 def test_table_and_run_folders_are_written(demo_run):
@@ -64,8 +65,10 @@ def test_table_and_run_folders_are_written(demo_run):
         assert (grid / "cells" / method / "mr" / "k16-seed0" / "prompt.safetensors").is_file()
     assert len(list(grid.glob("sources/svgd-*/particles.safetensors"))) == 1
     assert len(list(grid.glob("sources/independent-*/particles.safetensors"))) == 1  # avg's, read by tw-task too
-    weights = json.loads((grid / "cells" / "bmtpt-tw-task" / "mr" / "k16-seed0" / "target.json").read_text())
+    chosen = grid / "cells" / "bmtpt-tw-task-noprior" / "mr" / "k16-seed0"
+    weights = json.loads((chosen / "target.json").read_text())
     assert len(weights["particle_weights"]) == 3 and sum(weights["particle_weights"]) == pytest.approx(1, abs=1e-5)
+    assert yaml.safe_load((chosen / "config.yaml").read_text())["prior_weight"] == 0.0  # the dev-chosen: no prior
     assert "### Confidence intervals" in (grid / "results.md").read_text()
 
 

@@ -4,9 +4,10 @@
     avg            one prompt per source task (trained independently), averaged into the target's start
     bmtpt          the published recipe: M particles by SVGD over all source tasks; the target starts at
                    their mean with their density as prior
-    bmtpt-tw-task  the settings chosen on dev (issue 13, benchmarks/configs/cpu-method.yaml): avg's per-task
-                   prompts as the particles, each weighted by its likelihood of the target's training examples
-                   in the start and the prior (no source stage of its own)
+    bmtpt-tw-task-noprior
+                   the settings chosen on dev (issue 13, benchmarks/configs/cpu-method.yaml): avg's per-task
+                   prompts as the particles, each weighted by its likelihood of the target's training examples;
+                   their weighted mean is the start, and no prior (no source stage of its own)
 
 Sources SST-2 (sentiment), SUBJ and TREC; targets MR (movie-review sentiment: related to SST-2) and SICK
 (entailment: related to no source), 16-shot, as in the powered benchmark (benchmarks/configs/
@@ -36,8 +37,9 @@ from .synth import SOURCE_TASKS as SYNTH_SOURCES
 from .synth import TARGET_TASKS as SYNTH_TARGETS
 
 # the dev-chosen variant as a grid method (its name and settings as in benchmarks/configs/cpu-transfer.yaml)
-TW_TASK = {"name": "bmtpt-tw-task", "base": "bmtpt",
-           "overrides": {"source": {"method": "independent"}, "target": {"particle_weights": "target"}}}
+TW_TASK = {"name": "bmtpt-tw-task-noprior", "base": "bmtpt",
+           "overrides": {"source": {"method": "independent"},
+                         "target": {"particle_weights": "target", "prior_weight": 0.0}}}
 GRID_METHODS = ("pt", "avg", "bmtpt", TW_TASK)  # the grid's `methods:`
 METHODS = tuple(m if isinstance(m, str) else m["name"] for m in GRID_METHODS)
 EXPERIMENT_DIR = "experiment"  # the demo's grid: sources/, cells/, results.jsonl and the full results.md
@@ -222,8 +224,8 @@ def run_demo(cfg: DemoConfig, sizes: DemoSizes | None = None) -> dict:
     if cfg.overwrite and (out / EXPERIMENT_DIR).is_dir():
         shutil.rmtree(out / EXPERIMENT_DIR)
     print(f"[demo] {sizes.particles} SVGD particles (bmtpt) and one prompt per task (avg) over "
-          f"{', '.join(sizes.sources)}; then pt, avg, bmtpt and bmtpt-tw-task (avg's prompts weighted by the "
-          f"target) on {', '.join(sizes.targets)}")
+          f"{', '.join(sizes.sources)}; then pt, avg, bmtpt and bmtpt-tw-task-noprior (avg's prompts weighted "
+          f"by the target) on {', '.join(sizes.targets)}")
     exp = run_experiment(grid, model, tokenizer, plots=False, echo=lambda line: print(f"[demo] {line}"))
     by = {(r["method"], r["task"]): r for r in exp.records}
 
