@@ -190,10 +190,7 @@ def select(config: dict, methods: str | None = None, shots: str | None = None, s
     if seeds is not None:
         if seeds < 1:
             raise BmtptError(f"--seeds must be a positive number of seeds, got {seeds}")
-        for m in out["methods"]:  # a method on some seeds only (e.g. seed 0) keeps them
-            if isinstance(m, dict) and "seeds" in m:
-                m["seeds"] = [s for s in m["seeds"] if s < seeds]
-        limit_seeds(out, list(range(seeds)))
+        limit_seeds(out, list(range(seeds)))  # a method on some seeds only (e.g. seed 0) keeps those below N
         if not out["methods"]:
             raise BmtptError("--seeds/--methods: no method runs on the selected seeds")
     return out
